@@ -1,0 +1,40 @@
+# pfode: two commands on a fresh machine.
+#   make demo   creates .venv, installs pfode, runs the demo
+#   make test   creates .venv if missing, installs the dev extras, runs ruff and pytest
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU wheel on this machine; override e.g. TORCH_SPEC='torch==2.5.1' elsewhere.
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: demo test lint bench venv clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+
+venv: $(PY)
+
+$(VENV)/.installed: $(PY) pyproject.toml
+	$(PIP) install -q -e '.[dev]'
+	@touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m pfode.demo
+
+test: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(PY) -m pytest
+
+$(VENV)/.bench: $(VENV)/.installed
+	$(PIP) install -q -e '.[bench]'
+	$(PIP) install -q --no-deps k-diffusion
+	@touch $@
+
+bench: $(VENV)/.bench
+	$(PY) benchmarks/solvers_gmm.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
