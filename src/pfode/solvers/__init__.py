@@ -1,0 +1,39 @@
+"""Solvers of the probability-flow ODE (and reverse SDEs) for every path and prediction type.
+
+``available()`` lists the registered names, ``get(name, **options)`` builds one, and solver
+objects can be passed to :func:`pfode.sample` directly. Each solver states ``order``,
+``evals_per_step`` and ``paper``.
+"""
+
+from .adaptive import Dopri5
+from .base import Point, Solver, Step, Table, available, describe, get, register
+from .exponential import DDIM, DEIS, IPNDM, DPMSolver, DPMSolverPP2S, DPMSolverPPMultistep, UniPC, phi
+from .rk import RK, RK4, Euler, Heun, Midpoint
+from .stochastic import DPMSolverPP2MSDE, EulerMaruyama
+
+__all__ = [
+    "available",
+    "get",
+    "describe",
+    "register",
+    "Solver",
+    "Step",
+    "Table",
+    "Point",
+    "DDIM",
+    "DPMSolver",
+    "DPMSolverPP2S",
+    "DPMSolverPPMultistep",
+    "UniPC",
+    "DEIS",
+    "IPNDM",
+    "RK",
+    "Euler",
+    "Heun",
+    "Midpoint",
+    "RK4",
+    "Dopri5",
+    "EulerMaruyama",
+    "DPMSolverPP2MSDE",
+    "phi",
+]
