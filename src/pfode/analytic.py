@@ -4,7 +4,8 @@ For data ``x0 ~ p`` and ``x_t = alpha x0 + sigma eps`` every marginal is again a
 (mixture), so the denoiser ``E[x0 | x_t]``, the score and the log-density are exact. For a single
 Gaussian ``N(mu, S)`` the probability-flow ODE has the closed-form flow map
 
-    x_t = alpha_t mu + (alpha_t^2 S + sigma_t^2 I)^(1/2) (alpha_T^2 S + sigma_T^2 I)^(-1/2) (x_T - alpha_T mu).
+    x_t = alpha_t mu + (alpha_t^2 S + sigma_t^2 I)^(1/2) (alpha_T^2 S + sigma_T^2 I)^(-1/2)
+          (x_T - alpha_T mu).
 
 Everything is computed in float64; inputs ``x`` of shape ``[B, ...]`` are flattened to ``[B, d]``.
 """
@@ -41,7 +42,9 @@ class _Target:
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         f = x.reshape(x.shape[0], -1).to(torch.float64)
         if f.shape[1] != self.d:
-            raise ValueError(f"x has {f.shape[1]} features per sample ({tuple(x.shape)}), the target has d={self.d}")
+            raise ValueError(
+                f"x has {f.shape[1]} features per sample ({tuple(x.shape)}), the target has d={self.d}"
+            )
         return f
 
     def x0_eps(self, x: torch.Tensor, t, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,7 +89,9 @@ class Gaussian(_Target):
             raise ValueError("cov must be symmetric")
         evals, evecs = torch.linalg.eigh(cov)
         if float(evals.min()) <= 0:
-            raise ValueError(f"cov must be positive definite; its smallest eigenvalue is {float(evals.min()):.3g}")
+            raise ValueError(
+                f"cov must be positive definite; its smallest eigenvalue is {float(evals.min()):.3g}"
+            )
         self.mean, self.cov, self.d = mean, cov, d
         self.evals, self.evecs = evals, evecs
 
@@ -175,16 +180,23 @@ class GaussianMixture(_Target):
 
     @classmethod
     def random(
-        cls, d: int, k: int, std_range=(0.05, 1.0), spread: float = 2.0, generator: torch.Generator | None = None
+        cls,
+        d: int,
+        k: int,
+        std_range=(0.05, 1.0),
+        spread: float = 2.0,
+        generator: torch.Generator | None = None,
     ) -> GaussianMixture:
-        """A random mixture: means ``N(0, spread^2 I / d)``-ish, per-dimension stds log-uniform in ``std_range``."""
+        """A random mixture: means ``N(0, spread^2 I / d)``-ish, per-dimension stds log-uniform in
+        ``std_range``."""
         check_int("d", d, 1)
         check_int("k", k, 1)
         lo, hi = std_range
         if not (0 < lo <= hi):
             raise ValueError(f"std_range={std_range!r}: need 0 < low <= high")
         w = torch.rand(k, generator=generator, dtype=torch.float64) + 0.5
-        means = spread * torch.randn(k, d, generator=generator, dtype=torch.float64) / math.sqrt(max(d, 1)) * 2
+        means = torch.randn(k, d, generator=generator, dtype=torch.float64)
+        means = spread * means / math.sqrt(max(d, 1)) * 2
         u = torch.rand(k, d, generator=generator, dtype=torch.float64)
         std = torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
         return cls(w / w.sum(), means, std**2)

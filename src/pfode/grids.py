@@ -33,7 +33,9 @@ def _bounds(path: Path, t_start, t_end) -> tuple[float, float]:
         raise ValueError(f"t_start={ts!r} must be greater than t_end={te!r} (grids run from noise to data)")
     for name, v in (("t_start", ts), ("t_end", te)):
         if not (path.t_lo <= v <= path.t_hi):
-            raise ValueError(f"{name}={v!r} lies outside the range [{path.t_lo:g}, {path.t_hi:g}] of {path!r}")
+            raise ValueError(
+                f"{name}={v!r} lies outside the range [{path.t_lo:g}, {path.t_hi:g}] of {path!r}"
+            )
     return ts, te
 
 
@@ -81,7 +83,9 @@ def grid(
     else:  # karras, in s = sigma / alpha
         s0, s1 = float(path.s(ts)), float(path.s(te))
         if not math.isfinite(s0):
-            raise ValueError(f"spacing='karras' needs alpha > 0 at t_start={ts:g} (sigma/alpha is infinite there)")
+            raise ValueError(
+                f"spacing='karras' needs alpha > 0 at t_start={ts:g} (sigma/alpha is infinite there)"
+            )
         r0, r1 = s0 ** (1.0 / rho), s1 ** (1.0 / rho)
         g = path.t_of_s((r0 + (r1 - r0) * u) ** rho)
     g[0], g[-1] = ts, te  # exact ends despite inversion rounding
@@ -94,7 +98,9 @@ def as_grid(path: Path, g) -> torch.Tensor:
     Returns it as a float64 CPU tensor.
     """
     if isinstance(g, (int, float)) or (isinstance(g, torch.Tensor) and g.dim() == 0):
-        raise TypeError("grid must be a 1-D sequence of times; to build one from a step count use pfode.grid()")
+        raise TypeError(
+            "grid must be a 1-D sequence of times; to build one from a step count use pfode.grid()"
+        )
     try:
         g = as_f64(g).detach().cpu()
     except (TypeError, ValueError, RuntimeError) as e:
@@ -107,10 +113,12 @@ def as_grid(path: Path, g) -> torch.Tensor:
     if bad.numel():
         i = int(bad[0])
         raise ValueError(
-            f"grid must decrease strictly (noise to data); grid[{i}]={float(g[i])!r} <= grid[{i + 1}]={float(g[i + 1])!r}"
+            f"grid must decrease strictly (noise to data); "
+            f"grid[{i}]={float(g[i])!r} <= grid[{i + 1}]={float(g[i + 1])!r}"
         )
     if float(g[-1]) < path.t_lo or float(g[0]) > path.t_hi:
         raise ValueError(
-            f"grid spans [{float(g[-1])!r}, {float(g[0])!r}], outside the range [{path.t_lo:g}, {path.t_hi:g}] of {path!r}"
+            f"grid spans [{float(g[-1])!r}, {float(g[0])!r}], "
+            f"outside the range [{path.t_lo:g}, {path.t_hi:g}] of {path!r}"
         )
     return g

@@ -25,7 +25,9 @@ def sqrtm_psd(a: torch.Tensor) -> torch.Tensor:
 def _check_gaussian(name, m, s):
     m, s = as_f64(m), as_f64(s)
     if m.dim() != 1 or s.shape != (m.shape[0], m.shape[0]):
-        raise ValueError(f"{name}: mean must be [d] and cov [d, d]; got {tuple(m.shape)} and {tuple(s.shape)}")
+        raise ValueError(
+            f"{name}: mean must be [d] and cov [d, d]; got {tuple(m.shape)} and {tuple(s.shape)}"
+        )
     if float(torch.linalg.eigvalsh(0.5 * (s + s.T)).min()) < -1e-10 * max(1.0, float(s.abs().max())):
         raise ValueError(f"{name}: covariance must be positive semi-definite")
     return m, s
@@ -52,7 +54,8 @@ def _flat2(x, y):
 
 
 def sliced_w2(x, y, projections: int = 256, generator: torch.Generator | None = None) -> float:
-    """Sliced W2 between sample sets ``[N, ...]`` and ``[M, ...]`` (quantiles matched on random directions)."""
+    """Sliced W2 between sample sets ``[N, ...]`` and ``[M, ...]`` (quantiles matched on random
+    directions)."""
     check_int("projections", projections, 1)
     x, y = _flat2(x, y)
     theta = torch.randn(x.shape[1], projections, generator=generator, dtype=torch.float64)
@@ -94,14 +97,17 @@ def mmd_rbf(x, y, bandwidth: float | None = None) -> float:
 
 
 def straightness(trajectory: torch.Tensor, times) -> float:
-    """Straightness of Liu et al. (2022): ``E int |(x_end - x_start)/(T) - dx/dt|^2 dt``, 0 for straight paths.
+    """Straightness of Liu et al. (2022): ``E int |(x_end - x_start)/(T) - dx/dt|^2 dt``, 0 for
+    straight paths.
 
     ``trajectory`` is ``[S+1, B, ...]`` along ``times`` (``[S+1]``); derivatives are finite differences.
     """
     traj = as_f64(trajectory)
     t = as_f64(times).to(traj.device)
     if traj.shape[0] != t.shape[0] or t.shape[0] < 2:
-        raise ValueError(f"trajectory has {traj.shape[0]} states but times has {t.shape[0]} (need >= 2, equal)")
+        raise ValueError(
+            f"trajectory has {traj.shape[0]} states but times has {t.shape[0]} (need >= 2, equal)"
+        )
     flat = traj.reshape(traj.shape[0], traj.shape[0] and traj.shape[1], -1)
     dt = t[1:] - t[:-1]
     vel = (flat[1:] - flat[:-1]) / dt[:, None, None]

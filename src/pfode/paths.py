@@ -74,6 +74,11 @@ class Path:
     def d_sigma(self, t) -> torch.Tensor:
         raise NotImplementedError
 
+    def coefficients(self, t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(alpha, sigma, d_alpha, d_sigma)`` at ``t`` in one call (paths may share work here)."""
+        t = as_f64(t)
+        return self.alpha(t), self.sigma(t), self.d_alpha(t), self.d_sigma(t)
+
     def lam(self, t) -> torch.Tensor:
         """Half log-SNR ``log(alpha / sigma)``; ``+inf`` where sigma is 0."""
         t = as_f64(t)
@@ -139,7 +144,9 @@ class VP(Path):
 
     name = "vp"
 
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3, t_max: float = 1.0):
+    def __init__(
+        self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3, t_max: float = 1.0
+    ):
         if not (math.isfinite(beta_min) and math.isfinite(beta_max)) or beta_min < 0 or beta_max < beta_min:
             raise ValueError(
                 f"beta_min={beta_min!r}, beta_max={beta_max!r}: need 0 <= beta_min <= beta_max, both finite"
@@ -232,31 +239,43 @@ class VPCosine(Path):
         self.s_off = float(s)
         self.t_lo, self.t_hi = 0.0, 1.0
         self.t_min, self.t_max = float(t_min), float(t_max)
-        self._c0 = math.cos(self.s_off / (1 + self.s_off) * math.pi / 2)
+        self._h = (math.pi / 2) / (1 + self.s_off)  # d theta / dt
+        self._c0, self._s0 = math.cos(self.s_off * self._h), math.sin(self.s_off * self._h)
 
     def _theta(self, t):
-        return (as_f64(t) + self.s_off) / (1 + self.s_off) * (math.pi / 2)
+        return (as_f64(t) + self.s_off) * self._h
 
     def alpha(self, t):
-        return torch.cos(self._theta(t)) / self._c0
+        # cos(theta) = sin((1 - t) h): keeps full relative accuracy as alpha -> 0 at t -> 1
+        return torch.sin((1.0 - as_f64(t)) * self._h) / self._c0
 
     def sigma(self, t):
-        a = self.alpha(t)
-        return torch.sqrt(torch.clamp(1.0 - a * a, min=0.0))
+        # 1 - alpha^2 = (cos^2 theta0 - cos^2 theta) / c0^2 = sin(theta - theta0) sin(theta + theta0) / c0^2,
+        # accurate as sigma -> 0 at t -> 0 (1 - alpha^2 would cancel)
+        t = as_f64(t)
+        prod = torch.sin(t * self._h) * torch.sin((t + 2.0 * self.s_off) * self._h)
+        return torch.sqrt(torch.clamp(prod, min=0.0)) / self._c0
 
     def d_alpha(self, t):
-        return -torch.sin(self._theta(t)) / self._c0 * (math.pi / 2) / (1 + self.s_off)
+        return -torch.sin(self._theta(t)) / self._c0 * self._h
 
     def d_sigma(self, t):
         return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
 
     def lam(self, t):
-        return _lam_from_log_alpha_vp(torch.log(self.alpha(t)))
+        t = as_f64(t)
+        return torch.log(self.alpha(t)) - torch.log(self.sigma(t))
 
     def t_of_lam(self, lam):
-        a = torch.exp(_log_alpha_vp_from_lam(as_f64(lam)))
-        theta = torch.arccos(torch.clamp(a * self._c0, max=1.0))
-        return torch.clamp(theta * 2 / math.pi * (1 + self.s_off) - self.s_off, self.t_lo, self.t_hi)
+        # with sigma^2 = sigmoid(-2 lam), alpha = sqrt(sigmoid(2 lam)) and d = theta - theta0:
+        # sin d = c0 sigma^2 / (sin theta + alpha s0), cos d = c0^2 alpha + s0 sin theta,
+        # sin theta = sqrt(s0^2 + c0^2 sigma^2); atan2 keeps full relative accuracy at both ends.
+        lam = as_f64(lam)
+        sig2, a = torch.sigmoid(-2.0 * lam), torch.sqrt(torch.sigmoid(2.0 * lam))
+        c0, s0 = self._c0, self._s0
+        sin_theta = torch.sqrt(s0 * s0 + c0 * c0 * sig2)
+        d = torch.atan2(c0 * sig2 / (sin_theta + a * s0), c0 * c0 * a + s0 * sin_theta)
+        return torch.clamp(d / self._h, self.t_lo, self.t_hi)
 
     def __repr__(self):
         return f"VPCosine(s={self.s_off:g})"
@@ -334,6 +353,16 @@ class VPDiscrete(Path):
     def d_sigma(self, t):
         return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
 
+    def coefficients(self, t):
+        u, k = self._segment(t)
+        knots = self._log_alpha_knots.to(u.device)
+        slope = knots[k + 1] - knots[k]
+        la = knots[k] + (u - k) * slope
+        a = torch.exp(la)
+        s = torch.sqrt(-torch.expm1(2.0 * la))
+        da = a * slope * self.n
+        return a, s, da, -a * da / s
+
     def lam(self, t):
         return _lam_from_log_alpha_vp(self.log_alpha(t))
 
@@ -358,7 +387,9 @@ class VE(Path):
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
         if not (0 < sigma_min < sigma_max < math.inf):
-            raise ValueError(f"sigma_min={sigma_min!r}, sigma_max={sigma_max!r}: need 0 < sigma_min < sigma_max")
+            raise ValueError(
+                f"sigma_min={sigma_min!r}, sigma_max={sigma_max!r}: need 0 < sigma_min < sigma_max"
+            )
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self._log_ratio = math.log(self.sigma_max / self.sigma_min)
         self.t_lo, self.t_hi = 0.0, 1.0
@@ -387,7 +418,8 @@ class VE(Path):
 
 
 class EDM(Path):
-    """EDM path (Karras et al., 2022): ``alpha = 1``, ``sigma = t``; grids from ``sigma_max`` to ``sigma_min``.
+    """EDM path (Karras et al., 2022): ``alpha = 1``, ``sigma = t``; grids from ``sigma_max`` to
+    ``sigma_min``.
 
     Times from 0 (zero noise) upward are valid.
     """
@@ -396,7 +428,9 @@ class EDM(Path):
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
         if not (0 < sigma_min < sigma_max < math.inf):
-            raise ValueError(f"sigma_min={sigma_min!r}, sigma_max={sigma_max!r}: need 0 < sigma_min < sigma_max")
+            raise ValueError(
+                f"sigma_min={sigma_min!r}, sigma_max={sigma_max!r}: need 0 < sigma_min < sigma_max"
+            )
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self.t_lo, self.t_hi = 0.0, math.inf
         self.t_min, self.t_max = self.sigma_min, self.sigma_max
@@ -516,8 +550,11 @@ class Affine(Path):
         a, s = self.alpha(probe), self.sigma(probe)
         if a.shape != probe.shape or s.shape != probe.shape:
             raise ValueError("alpha_fn and sigma_fn must return a tensor of the same shape as t")
-        if not bool(torch.all(a[:-1] > 0)) or not bool(torch.all(s[1:] > 0)) or bool(torch.any(a < 0) | torch.any(s < 0)):
-            raise ValueError("alpha_fn and sigma_fn must be >= 0, with alpha > 0 before t_max and sigma > 0 after t_min")
+        positive = bool(torch.all(a[:-1] > 0)) and bool(torch.all(s[1:] > 0))
+        if not positive or bool(torch.any(a < 0) | torch.any(s < 0)):
+            raise ValueError(
+                "alpha_fn and sigma_fn must be >= 0, with alpha > 0 before t_max and sigma > 0 after t_min"
+            )
         lam = self.lam(probe)
         if not bool(torch.all(lam[1:] < lam[:-1])):
             raise ValueError("lam = log(alpha/sigma) must decrease strictly from t_min to t_max")

@@ -3,15 +3,16 @@
 Every prediction type is a linear function of the canonical pair ``(x0_hat, eps_hat)`` and the
 state ``x_t = alpha x0 + sigma eps``:
 
-==========  =====================================================  ===========================
-type        network output                                         back to x0
-==========  =====================================================  ===========================
-eps         ``eps``                                                ``(x - sigma eps) / alpha``
-x0          ``x0``                                                 ``x0``
-v           ``alpha eps - sigma x0`` (Salimans & Ho)               ``(alpha x - sigma v) / (alpha^2 + sigma^2)``
-score       ``grad log p_t(x) = -eps / sigma``                     ``(x + sigma^2 score) / alpha``
-velocity    ``dx/dt = alpha' x0 + sigma' eps`` (flow matching)     ``(sigma' x - sigma u) / (alpha sigma' - sigma alpha')``
-==========  =====================================================  ===========================
+==========  ===================================================  ==========================================
+type        network output                                       back to x0
+==========  ===================================================  ==========================================
+eps         ``eps``                                              ``(x - sigma eps) / alpha``
+x0          ``x0``                                               ``x0``
+v           ``alpha eps - sigma x0`` (Salimans & Ho)             ``(alpha x - sigma v) / (alpha^2 + sigma^2)``
+score       ``grad log p_t(x) = -eps / sigma``                   ``(x + sigma^2 score) / alpha``
+velocity    ``dx/dt = alpha' x0 + sigma' eps`` (flow matching)   ``(sigma' x - sigma u) / det``,
+                                                                 ``det = alpha sigma' - sigma alpha'``
+==========  ===================================================  ==========================================
 
 ``alpha sigma' - sigma alpha' = -alpha sigma dlam/dt > 0`` on every path, so each map is invertible.
 """
@@ -43,12 +44,15 @@ class Coeffs:
 
     @classmethod
     def at(cls, path: Path, t, like: torch.Tensor | None = None) -> Coeffs:
-        """Per-sample coefficients of ``path`` at ``t`` shaped ``[B, 1, ..., 1]`` to broadcast against ``like``."""
+        """Per-sample coefficients of ``path`` at ``t`` shaped ``[B, 1, ..., 1]`` to broadcast against
+        ``like``."""
         t = as_f64(t)
         vals = (path.alpha(t), path.sigma(t), path.d_alpha(t), path.d_sigma(t))
         if like is not None:
             shape = (-1,) + (1,) * (like.dim() - 1) if t.dim() > 0 else ()
-            dtype = like.dtype if like.dtype == torch.float64 else torch.promote_types(like.dtype, torch.float32)
+            dtype = like.dtype
+            if dtype != torch.float64:
+                dtype = torch.promote_types(dtype, torch.float32)
             vals = tuple(v.reshape(shape).to(device=like.device, dtype=dtype) for v in vals)
         return cls(*vals)
 
@@ -127,7 +131,8 @@ class Denoiser:
             check_choice("time_input", time_input, TIME_INPUTS)
             if time_input == "index" and not hasattr(path, "index_of_t"):
                 raise ValueError(
-                    f"time_input='index' needs a discrete path (VPDiscrete) that maps t to a timestep; got {path!r}"
+                    "time_input='index' needs a discrete path (VPDiscrete) that maps t to a timestep; "
+                    f"got {path!r}"
                 )
         self.time_input = time_input
 
@@ -178,7 +183,9 @@ class Denoiser:
         check_state("x", x)
         t = as_f64(t)
         if t.dim() > 1 or (t.dim() == 1 and t.shape[0] != x.shape[0]):
-            raise ValueError(f"t must be a float or a [B] tensor with B={x.shape[0]}, got shape {tuple(t.shape)}")
+            raise ValueError(
+                f"t must be a float or a [B] tensor with B={x.shape[0]}, got shape {tuple(t.shape)}"
+            )
         t_dev = t.to(x.device)
         c = Coeffs.at(self.path, t_dev if t.dim() else t_dev.expand(x.shape[0]), like=x)
         out = self.raw(x, self.time_tensor(t_dev, x), cond)
@@ -205,5 +212,7 @@ class Denoiser:
         return torch.add(x * (ds / det), out, alpha=-s / det)
 
     def __repr__(self):
-        ti = self.time_input if isinstance(self.time_input, str) else getattr(self.time_input, "__name__", "fn")
+        ti = self.time_input
+        if not isinstance(ti, str):
+            ti = getattr(ti, "__name__", "fn")
         return f"Denoiser(path={self.path!r}, prediction={self.prediction!r}, time_input={ti!r})"
