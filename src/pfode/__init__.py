@@ -13,7 +13,7 @@ Quick map:
 from . import analytic, metrics, paths, solvers
 from .grids import as_grid, grid
 from .predictions import Denoiser
-from .sample import NonFiniteError, SampleOutput, sample
+from .sample import NonFiniteError, SampleOutput, Sampler, sample
 
 __version__ = "0.1.0"
 
@@ -22,6 +22,7 @@ __all__ = [
     "grid",
     "as_grid",
     "sample",
+    "Sampler",
     "SampleOutput",
     "NonFiniteError",
     "paths",

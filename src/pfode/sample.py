@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from ._checks import check_int, check_state
-from .grids import as_grid, grid as make_grid
+from .grids import as_grid
+from .grids import grid as make_grid
 from .predictions import Denoiser
 from .solvers.base import Evaluator, Solver, Table, get
 
-__all__ = ["sample", "SampleOutput", "NonFiniteError", "PerSampleNoise"]
+__all__ = ["sample", "Sampler", "SampleOutput", "NonFiniteError", "PerSampleNoise"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -38,21 +40,52 @@ class SampleOutput:
     info: dict = field(default_factory=dict)
 
 
+_M32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """``x * c mod 2^32`` for int64 ``x`` in ``[0, 2^32)`` without leaving int64 (16-bit halves)."""
+    hi = ((x >> 16) * c) & 0xFFFF
+    return ((hi << 16) + (x & 0xFFFF) * c) & _M32
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """A bijective 32-bit integer mixer (xor-shift / multiply, "lowbias32" constants)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
 class PerSampleNoise:
-    """Standard normal noise from one stream per sample: the same seed gives the same noise for sample ``i``
-    whatever the batch size. Seeds are drawn from ``generator`` (or torch's global generator)."""
+    """Standard normal noise from one counter-based stream per sample.
+
+    Sample ``i`` gets a 32-bit key drawn from ``generator`` (or torch's global generator); the
+    noise of its ``k``-th draw at element ``j`` is Box-Muller of two hashes of ``(key_i, k, j)``.
+    The same seed therefore gives the same noise for sample ``i`` whatever the batch size, and the
+    draw is a handful of vectorised integer ops on the state's device (no per-sample loop).
+    """
 
     def __init__(self, like: torch.Tensor, generator: torch.Generator | None = None):
         dev = generator.device if generator is not None else torch.device("cpu")
-        seeds = torch.randint(0, 2**62, (like.shape[0],), generator=generator, device=dev).tolist()
-        self.gens = [torch.Generator().manual_seed(s) for s in seeds]
-        self.shape = like.shape[1:]
-        self.dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+        keys = torch.randint(0, 2**32, (like.shape[0],), generator=generator, device=dev, dtype=torch.int64)
+        self.keys = keys.to(like.device)[:, None]
+        self.numel = like[0].numel()
+        self.idx = 2 * torch.arange(self.numel, device=like.device, dtype=torch.int64)[None]
         self.like = like
+        self.k = 0
+        self.dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
 
     def __call__(self) -> torch.Tensor:
-        z = torch.stack([torch.randn(self.shape, generator=g, dtype=self.dtype) for g in self.gens])
-        return z.to(device=self.like.device, dtype=self.like.dtype)
+        self.k += 1
+        base = _hash32(self.keys ^ _hash32(torch.tensor(self.k * 0x9E3779B9 & _M32, device=self.keys.device)))
+        h1 = _hash32(base ^ self.idx)
+        h2 = _hash32(base ^ (self.idx + 1))
+        u1 = (h1.to(self.dtype) + 0.5) * 2.0**-32
+        u2 = (h2.to(self.dtype) + 0.5) * 2.0**-32
+        z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)
+        return z.reshape(self.like.shape).to(self.like.dtype)
 
 
 def _resolve_grid(den, solver, grid, nfe, spacing, t_start, t_end, denoise):
@@ -75,6 +108,126 @@ def _resolve_grid(den, solver, grid, nfe, spacing, t_start, t_end, denoise):
     if isinstance(grid, int) and not isinstance(grid, bool):
         raise TypeError(f"grid={grid!r} is a number; pass nfe={grid} or pfode.grid(path, {grid})")
     return as_grid(path, grid), solver
+
+
+class Sampler:
+    """A prepared sampler: grid, step plan and per-device time tensors are computed once and reused.
+
+    ``Sampler(denoiser, grid or nfe=..., solver=...)(x_T)`` equals ``pfode.sample(...)`` with the
+    same arguments; reuse the object when sampling many batches to skip the set-up (grid, plan).
+    Calls are independent: no state is kept between them besides those caches.
+    """
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        grid=None,
+        solver: str | Solver = "dpm++2m",
+        *,
+        nfe: int | None = None,
+        spacing: str = "logsnr",
+        t_start: float | None = None,
+        t_end: float | None = None,
+        denoise: bool = True,
+    ):
+        if not isinstance(denoiser, Denoiser):
+            raise TypeError(
+                f"denoiser must be a pfode.Denoiser, got {type(denoiser).__name__}; wrap your network with "
+                "pfode.Denoiser(net, path, prediction=...)"
+            )
+        self.denoiser = denoiser
+        solver = get(solver)
+        self.grid, self.solver = _resolve_grid(denoiser, solver, grid, nfe, spacing, t_start, t_end, denoise)
+        self.table = Table(denoiser.path, self.grid, False)
+        # denoise=True adds the zero-noise point unless the grid already ends there
+        self.zero_end = bool(denoise) and not self.table[-1].zero
+        if self.zero_end:
+            self.table.append_zero()
+        self.adaptive = bool(getattr(self.solver, "adaptive", False))
+        if self.adaptive:
+            if self.table[len(self.grid) - 1].zero:
+                raise ValueError("dopri5 needs a grid ending above zero noise; denoise=True finishes at zero noise")
+            self.plan = None
+        else:
+            self.plan = self.solver.plan(self.table)
+        self._times: dict = {}
+
+    @property
+    def nfe(self) -> int | None:
+        """Network evaluations one call spends (``None`` for adaptive solvers)."""
+        return None if self.plan is None else sum(st.evals for st in self.plan)
+
+    def _evaluator(self, x: torch.Tensor, cond) -> Evaluator:
+        key = (x.shape[0], x.device, x.dtype)
+        if key not in self._times:
+            self._times[key] = Evaluator.times(self.denoiser, self.table, x)
+        return Evaluator(self.denoiser, self.table, x, cond, times=self._times[key])
+
+    def __call__(
+        self,
+        x_T: torch.Tensor,
+        *,
+        callback: Callable[[dict], None] | None = None,
+        return_trajectory: bool = False,
+        return_info: bool = False,
+        generator: torch.Generator | None = None,
+        cond: dict | None = None,
+        check_finite: bool = True,
+    ):
+        check_state("x_T", x_T)
+        if self.adaptive:
+            return self._adaptive(x_T, cond, return_trajectory, return_info, check_finite)
+        table, plan, solver = self.table, self.plan, self.solver
+        ev = self._evaluator(x_T, cond)
+        noise = PerSampleNoise(x_T, generator) if solver.stochastic else None
+        x = x_T
+        traj = [x] if return_trajectory else None
+        sums = []
+        hist = None
+        for st in plan:
+            x_prev = x
+            x, hist, x0 = solver.step(ev, x, hist, st, table, noise)
+            if check_finite:
+                sums.append(x0.sum())
+            if callback is not None:
+                callback({"i": st.i, "t": table[st.i].t, "t_next": table[st.i + 1].t, "x": x_prev, "x0_hat": x0})
+            if traj is not None:
+                traj.append(x)
+        if check_finite:
+            sums.append(x.sum())
+            finite = torch.isfinite(torch.stack(sums).to(torch.float64))
+            if not bool(finite.all()):
+                k = int((~finite).nonzero()[0])
+                if k < len(plan):
+                    raise NonFiniteError(
+                        f"the network returned non-finite values at step {k} (t={table[k].t:.6g}) with solver "
+                        f"{solver.name!r}; check the network and its inputs at that time"
+                    )
+                raise NonFiniteError(
+                    f"solver {solver.name!r} produced non-finite values (the network's outputs were finite)"
+                )
+        if return_trajectory or return_info:
+            times = [table[i].t for i in range(table.n_steps + 1)]
+            return SampleOutput(x, traj, times, ev.count)
+        return x
+
+    def _adaptive(self, x_T, cond, return_trajectory, return_info, check_finite):
+        g = self.grid
+        x, info = self.solver.sample(self.denoiser, x_T, float(g[0]), float(g[-1]), cond)
+        nfe_used = info["nfe"]
+        traj = [x_T, x] if return_trajectory else None
+        times = [float(g[0]), float(g[-1])]
+        if self.zero_end:
+            x = self._evaluator(x, cond)(x, len(self.grid) - 1)
+            nfe_used += 1
+            times.append(float(self.denoiser.path.t_lo))
+            if traj is not None:
+                traj.append(x)
+        if check_finite and not bool(torch.isfinite(x).all()):
+            raise NonFiniteError("non-finite values in the dopri5 solution")
+        if return_trajectory or return_info:
+            return SampleOutput(x, traj, times, nfe_used, info)
+        return x
 
 
 def sample(
@@ -116,69 +269,16 @@ def sample(
             finite (checked once, after the loop: no host-device sync inside it).
     Returns:
         the samples (shaped like ``x_T``), or a :class:`SampleOutput`.
+
+    To sample many batches with the same settings, build a :class:`Sampler` once and call it.
     """
-    if not isinstance(denoiser, Denoiser):
-        raise TypeError(
-            f"denoiser must be a pfode.Denoiser, got {type(denoiser).__name__}; wrap your network with "
-            "pfode.Denoiser(net, path, prediction=...)"
-        )
-    check_state("x_T", x_T)
-    solver = get(solver)
-    g, solver = _resolve_grid(denoiser, solver, grid, nfe, spacing, t_start, t_end, denoise)
-    path = denoiser.path
-    last_sigma = float(path.sigma(g[-1]))
-    zero_end = bool(denoise) and last_sigma > 0
-    x = x_T
-
-    if getattr(solver, "adaptive", False):
-        if last_sigma == 0.0:
-            raise ValueError("dopri5 needs a grid ending above zero noise; denoise=True finishes at zero noise")
-        x, info = solver.sample(denoiser, x, float(g[0]), float(g[-1]), cond)
-        nfe_used = info["nfe"]
-        traj = [x_T, x] if return_trajectory else None
-        times = [float(g[0]), float(g[-1])]
-        if zero_end:
-            table = Table(path, g[-1:], True)
-            x0 = Evaluator(denoiser, table, x, cond)(x, 0)
-            x = x0
-            nfe_used += 1
-            times.append(float(path.t_lo))
-            if traj is not None:
-                traj.append(x)
-        if check_finite and not bool(torch.isfinite(x).all()):
-            raise NonFiniteError("non-finite values in the dopri5 solution")
-        if return_trajectory or return_info:
-            return SampleOutput(x, traj, times, nfe_used, info)
-        return x
-
-    table = Table(path, g, zero_end)
-    plan = solver.plan(table)
-    ev = Evaluator(denoiser, table, x, cond)
-    noise = PerSampleNoise(x, generator) if solver.stochastic else None
-    traj = [x] if return_trajectory else None
-    sums = []
-    hist = None
-    for st in plan:
-        x_prev = x
-        x, hist, x0 = solver.step(ev, x, hist, st, table, noise)
-        if check_finite:
-            sums.append(x0.sum())
-        if callback is not None:
-            callback({"i": st.i, "t": table[st.i].t, "t_next": table[st.i + 1].t, "x": x_prev, "x0_hat": x0})
-        if traj is not None:
-            traj.append(x)
-    if check_finite:
-        sums.append(x.sum())
-        finite = torch.isfinite(torch.stack(sums).to(torch.float64))
-        if not bool(finite.all()):
-            k = int((~finite).nonzero()[0])
-            if k < len(plan):
-                raise NonFiniteError(
-                    f"the network returned non-finite values at step {k} (t={table[k].t:.6g}) with solver "
-                    f"{solver.name!r}; check the network and its inputs at that time"
-                )
-            raise NonFiniteError(f"solver {solver.name!r} produced non-finite values (the network's outputs were finite)")
-    if return_trajectory or return_info:
-        times = [table[i].t for i in range(table.n_steps + 1)]
-        return SampleOutput(x, traj, times, ev.count)
-    return x
+    sampler = Sampler(denoiser, grid, solver, nfe=nfe, spacing=spacing, t_start=t_start, t_end=t_end, denoise=denoise)
+    return sampler(
+        x_T,
+        callback=callback,
+        return_trajectory=return_trajectory,
+        return_info=return_info,
+        generator=generator,
+        cond=cond,
+        check_finite=check_finite,
+    )

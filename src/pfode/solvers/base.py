@@ -26,21 +26,14 @@ __all__ = ["Point", "Table", "Step", "Solver", "register", "available", "get", "
 
 @dataclass(frozen=True)
 class Point:
-    """A time of the schedule with its path coefficients (host float64)."""
+    """A time of the schedule with its path coefficients and half log-SNR (host float64)."""
 
     t: float
     alpha: float
     sigma: float
     d_alpha: float
     d_sigma: float
-
-    @property
-    def lam(self) -> float:
-        if self.sigma == 0:
-            return math.inf
-        if self.alpha == 0:
-            return -math.inf
-        return math.log(self.alpha) - math.log(self.sigma)
+    lam: float
 
     @property
     def s(self) -> float:
@@ -50,6 +43,16 @@ class Point:
     @property
     def zero(self) -> bool:
         return self.sigma == 0.0
+
+
+def _points(path, t: torch.Tensor) -> list[Point]:
+    t = as_f64(t).cpu()
+    cols = [v.tolist() for v in path.coefficients(t)]
+    out = []
+    for ti, a, s, da, ds in zip(t.tolist(), *cols):
+        lam = math.inf if s == 0 else (-math.inf if a == 0 else math.log(a) - math.log(s))
+        out.append(Point(ti, a, s, da, ds, lam))
+    return out
 
 
 class Table:
@@ -63,13 +66,17 @@ class Table:
 
     def __init__(self, path, times: torch.Tensor, zero_end: bool):
         self.path = path
-        t = as_f64(times).cpu()
-        vals = [f(t).tolist() for f in (path.alpha, path.sigma, path.d_alpha, path.d_sigma)]
-        self.points: list[Point] = [Point(float(ti), *v) for ti, *v in zip(t.tolist(), *vals)]
-        if zero_end:
-            tz = float(path.t_lo)
-            self.points.append(Point(tz, 1.0, 0.0, 0.0, 0.0))
+        self.points: list[Point] = _points(path, times)
         self.n_steps = len(self.points) - 1
+        if zero_end:
+            self.append_zero()
+
+    def append_zero(self):
+        """Append the zero-noise end point (``alpha = 1``, ``sigma = 0``) as the last grid point."""
+        if len(self.points) != self.n_steps + 1:
+            raise RuntimeError("append_zero must come before intermediate points are added")
+        self.points.append(Point(float(self.path.t_lo), 1.0, 0.0, 0.0, 0.0, math.inf))
+        self.n_steps += 1
 
     def __getitem__(self, k: int) -> Point:
         return self.points[k]
@@ -79,8 +86,7 @@ class Table:
 
     def add_lam(self, lam: float) -> int:
         """Register the point at half log-SNR ``lam``; return its index."""
-        t = float(self.path.t_of_lam(torch.tensor(lam, dtype=torch.float64)))
-        return self.add_t(t)
+        return self.add_t(float(self.path.t_of_lam(torch.tensor(lam, dtype=torch.float64))))
 
     def add_s(self, s: float) -> int:
         """Register the point where ``sigma/alpha = s``; return its index."""
@@ -88,9 +94,7 @@ class Table:
 
     def add_t(self, t: float) -> int:
         """Register the point at path time ``t``; return its index."""
-        p = self.path
-        tt = torch.tensor(t, dtype=torch.float64)
-        self.points.append(Point(t, *(float(f(tt)) for f in (p.alpha, p.sigma, p.d_alpha, p.d_sigma))))
+        self.points.extend(_points(self.path, torch.tensor([t], dtype=torch.float64)))
         return len(self.points) - 1
 
 
@@ -198,13 +202,17 @@ class Evaluator:
     indexes a Python list.
     """
 
-    def __init__(self, den, table: Table, x: torch.Tensor, cond: dict | None):
+    def __init__(self, den, table: Table, x: torch.Tensor, cond: dict | None, times=None):
         self.den, self.table, self.cond = den, table, cond
+        self._t_net, self._coef = times if times is not None else self.times(den, table, x)
+        self.count = 0
+
+    @staticmethod
+    def times(den, table: Table, x: torch.Tensor):
+        """Network-time tensors (``[B]`` views, one per point) and host coefficients for ``x``'s batch and device."""
         pts = table.points
         tn = den.time_tensor(torch.tensor([p.t for p in pts], dtype=torch.float64), x)
-        self._t_net = [v.expand(x.shape[0]) for v in tn.unbind(0)]
-        self._coef = [(p.alpha, p.sigma, p.d_alpha, p.d_sigma) for p in pts]
-        self.count = 0
+        return [v.expand(x.shape[0]) for v in tn.unbind(0)], [(p.alpha, p.sigma, p.d_alpha, p.d_sigma) for p in pts]
 
     def __call__(self, x: torch.Tensor, k: int) -> torch.Tensor:
         self.count += 1

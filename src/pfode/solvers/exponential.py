@@ -64,7 +64,9 @@ class DDIM(Solver):
         self.stochastic = self.eta > 0
         if self.stochastic:
             self.name = "ddpm" if self.eta == 1.0 else "ddim"
-            self.paper = "Ho, Jain & Abbeel, Denoising Diffusion Probabilistic Models, NeurIPS 2020 (eta=1); " + DDIM.paper
+            self.paper = (
+                "Ho, Jain & Abbeel, Denoising Diffusion Probabilistic Models, NeurIPS 2020 (eta=1); " + DDIM.paper
+            )
 
     def plan_step(self, table: Table, i: int, n: int) -> Step:
         p, q = table[i], table[i + 1]
@@ -95,7 +97,10 @@ class DPMSolver(Solver):
 
     name = "dpm"
     evals_per_step = 1
-    paper = "Lu et al., DPM-Solver: A Fast ODE Solver for Diffusion Probabilistic Model Sampling in Around 10 Steps, NeurIPS 2022"
+    paper = (
+        "Lu et al., DPM-Solver: A Fast ODE Solver for Diffusion Probabilistic Model Sampling in Around 10 Steps, "
+        "NeurIPS 2022"
+    )
 
     def __init__(self, order: int = 2, orders: list[int] | None = None, fast: bool = False):
         check_int("order", order, 1)
@@ -112,6 +117,7 @@ class DPMSolver(Solver):
         self.name = "dpm-fast" if fast else f"dpm{self.order}"
 
     def _order_at(self, i: int, n: int) -> int:
+        # n counts the steps before any final step to zero noise (that one is always first order)
         if self.orders is not None:
             if len(self.orders) < n:
                 raise ValueError(f"orders has {len(self.orders)} entries but the grid has {n} steps")
@@ -144,7 +150,7 @@ class DPMSolver(Solver):
         return len(orders), s
 
     def plan_step(self, table: Table, i: int, n: int) -> Step:
-        k = self._order_at(i, n)
+        k = self._order_at(i, n - 1 if table[n].zero else n)
         p, q = table[i], table[i + 1]
         h = q.lam - p.lam
         ex = math.expm1(h)
@@ -333,7 +339,10 @@ class UniPC(_Multistep):
 
     name = "unipc"
     evals_per_step = 1
-    paper = "Zhao et al., UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of Diffusion Models, NeurIPS 2023"
+    paper = (
+        "Zhao et al., UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of Diffusion Models, "
+        "NeurIPS 2023"
+    )
 
     def __init__(self, order: int = 2, variant: str = "bh2", corrector: bool = True, lower_order_final: bool = True):
         super().__init__(order, 3, lower_order_final)

@@ -71,7 +71,7 @@ class RK(Solver):
                 if w != 0.0:
                     yk = torch.add(yk, kj, alpha=h * w)
             if self.variable == "s":
-                xk = yk * c["a"][k] if c["a"][k] != 1.0 else yk
+                xk = x if k == 0 else (yk * c["a"][k] if c["a"][k] != 1.0 else yk)
                 d = ev(xk, c["idx"][k])
                 ks.append(torch.sub(yk, d).mul_(c["inv_s"][k]))
             else:
@@ -93,7 +93,10 @@ def Euler(variable: str = "s") -> RK:
 
 
 def Heun(variable: str = "s") -> RK:
-    """Heun's second-order method as in EDM (Karras et al., 2022), 2 evaluations per step; Euler on the step to zero noise."""
+    """Heun's second-order method as in EDM (Karras et al., 2022), 2 evaluations per step.
+
+    The step to zero noise is Euler's (one evaluation), as in EDM.
+    """
     r = RK([0.0, 1.0], [[], [1.0]], [0.5, 0.5], 2, "heun", variable)
     r.paper = "Karras et al., Elucidating the Design Space of Diffusion-Based Generative Models, NeurIPS 2022"
     return r
@@ -106,7 +109,9 @@ def Midpoint(variable: str = "s") -> RK:
 
 def RK4(variable: str = "s") -> RK:
     """Classic fourth-order Runge-Kutta, 4 evaluations per step."""
-    return RK([0.0, 0.5, 0.5, 1.0], [[], [0.5], [0.0, 0.5], [0.0, 0.0, 1.0]], [1 / 6, 1 / 3, 1 / 3, 1 / 6], 4, "rk4", variable)
+    return RK(
+        [0.0, 0.5, 0.5, 1.0], [[], [0.5], [0.0, 0.5], [0.0, 0.0, 1.0]], [1 / 6, 1 / 3, 1 / 3, 1 / 6], 4, "rk4", variable
+    )
 
 
 register("euler", Euler)

@@ -1,0 +1,415 @@
+"""Solver certification: measured convergence order against the closed-form Gaussian flow map.
+
+Every deterministic solver is run on a Gaussian target (full covariance, d=4) from ``t_max`` to
+a mid noise level (``sigma/alpha = 0.5``) on grids of 20..160 steps, and the slope of log error vs
+log steps over the finest pair is compared with the global order the method has as implemented
+(warm-up steps included). The end point is deliberately not at the data end: there the leading
+error terms of several multistep methods telescope (``int G x0''' dlam ~ [x0'']`` vanishes when
+``x0''`` is ~0 at both ends), which makes them look an order better than they are.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import pfode
+from pfode import analytic, paths
+from pfode.predictions import Coeffs, from_x0_eps
+from pfode.solvers import DEIS, IPNDM, RK4, DPMSolver, Euler, Heun, Midpoint, UniPC
+
+D = 4
+
+
+@pytest.fixture(scope="module")
+def gaussian():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(D, D, generator=g, dtype=torch.float64)
+    cov = a @ a.T / D + 0.05 * torch.eye(D, dtype=torch.float64)
+    return analytic.Gaussian(torch.randn(D, generator=g, dtype=torch.float64), cov)
+
+
+def as_prediction(target, path, prediction):
+    """The exact denoiser re-expressed as a network of another prediction type."""
+
+    def net(x, t):
+        x0, eps = target.x0_eps(x, t, path)
+        return from_x0_eps(prediction, x0, eps, Coeffs.at(path, t, like=x))
+
+    return pfode.Denoiser(net, path, prediction=prediction)
+
+
+def errors(target, path, prediction, solver, steps, spacing="logsnr"):
+    den = as_prediction(target, path, prediction)
+    x_T = torch.randn(8, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x_T = x_T * float(path.sigma(path.t_max))
+    t_end = float(path.t_of_s(torch.tensor(0.5, dtype=torch.float64)))
+    ref = target.flow_map(x_T, path.t_max, t_end, path)
+    out = []
+    for n in steps:
+        x = pfode.sample(den, x_T, pfode.grid(path, n, spacing, t_end=t_end), solver, denoise=False)
+        out.append(float((x - ref).pow(2).mean().sqrt()))
+    return out
+
+
+def slope(errs):
+    return math.log(errs[-2] / errs[-1]) / math.log(2)
+
+
+# Expected global order as implemented, on this problem. Notes:
+# * midpoint: for Gaussian data, dy/ds = s y / (e + s^2) per eigen-direction; the midpoint rule's local
+#   error is h^3 [(1/24)(f_tt + 2 f f_ty) + (1/6) f_y (f_t + f f_y)] = h^3 e s y / u^3 [-4/24 + 1/6] = 0
+#   (u = e + s^2), so it is third order here (second order in path time on VP, tested below).
+# * dpm-fast on a fixed grid ends with a first-order step (orders 3,..,3,2,1): global order 2.
+# * unipc: UniP-2 predictor + UniC corrector = order 3; ipndm: 4 (variable-step Adams-Bashforth).
+ORDERS = {
+    "ddim": 1,
+    "euler": 1,
+    "dpm1": 1,
+    "heun": 2,
+    "midpoint": 3,
+    "rk4": 4,
+    "dpm2": 2,
+    "dpm3": 3,
+    "dpm-fast": 2,
+    "dpm++2s": 2,
+    "dpm++2m": 2,
+    "dpm++3m": 3,
+    "unipc": 3,
+    "deis": 3,
+    "ipndm": 4,
+}
+CASES = [
+    ("vp-discrete", paths.VPDiscrete.ddpm, "eps"),
+    ("edm", paths.EDM, "x0"),
+    ("linear", paths.Linear, "velocity"),
+]
+STEPS = [20, 40, 80, 160]
+
+
+def test_every_deterministic_solver_is_certified():
+    deterministic = {n for n in pfode.solvers.available() if not pfode.solvers.get(n).stochastic}
+    assert deterministic - {"dopri5"} == set(ORDERS)
+
+
+@pytest.mark.parametrize("name", sorted(ORDERS))
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_convergence_order(gaussian, name, case):
+    _, make_path, prediction = case
+    errs = errors(gaussian, make_path(), prediction, name, STEPS)
+    assert all(a > b for a, b in zip(errs, errs[1:])), errs
+    assert abs(slope(errs) - ORDERS[name]) < 0.3, (name, errs, slope(errs))
+
+
+VARIANTS = [
+    (UniPC(1, "bh1"), 2),
+    (UniPC(2, "bh1"), 3),
+    (UniPC(3, "bh1"), 4),
+    (UniPC(1, "bh2"), 2),
+    (UniPC(3, "bh2"), 4),
+    (UniPC(2, corrector=False), 2),
+    (UniPC(3, corrector=False), 3),
+    (DEIS(1), 1),
+    (DEIS(2), 2),
+    (DEIS(3, variable="lam"), 3),
+    (DEIS(3, variable="s"), 3),
+    (IPNDM(2), 2),
+    (IPNDM(3), 3),
+    (IPNDM(4, variable_step=False), 2),  # constant-step coefficients on a grid that is not uniform in s
+    (DPMSolver(order=2), 2),
+]
+
+
+@pytest.mark.parametrize("solver,order", VARIANTS, ids=[f"{s.name}-{i}" for i, (s, _) in enumerate(VARIANTS)])
+def test_variant_orders(gaussian, solver, order):
+    errs = errors(gaussian, paths.EDM(), "eps", solver, STEPS)
+    assert abs(slope(errs) - order) < 0.3, (errs, slope(errs))
+
+
+@pytest.mark.parametrize("make_path", [paths.VP, paths.Trig, paths.Linear])
+@pytest.mark.parametrize("solver,order", [(Euler("t"), 1), (Heun("t"), 2), (RK4("t"), 4)])
+def test_rk_in_path_time(gaussian, make_path, solver, order):
+    errs = errors(gaussian, make_path(), "velocity", solver, STEPS, spacing="uniform")
+    assert abs(slope(errs) - order) < 0.3, (errs, slope(errs))
+
+
+def test_midpoint_is_second_order_in_path_time_on_vp(gaussian):
+    errs = errors(gaussian, paths.VP(), "eps", Midpoint("t"), STEPS, spacing="uniform")
+    assert abs(slope(errs) - 2) < 0.3, errs
+
+
+def test_dopri5_error_follows_tolerance(gaussian):
+    path = paths.VPDiscrete.ddpm()
+    den = gaussian.denoiser(path)
+    x_T = torch.randn(8, D, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ref = gaussian.flow_map(x_T, path.t_max, path.t_min, path)
+    errs, nfes = [], []
+    for tol in (1e-4, 1e-6, 1e-8):
+        out = pfode.sample(
+            den,
+            x_T,
+            pfode.grid(path, 1),
+            pfode.solvers.get("dopri5", rtol=tol, atol=tol),
+            denoise=False,
+            return_info=True,
+        )
+        errs.append(float((out.x - ref).abs().max()))
+        nfes.append(out.nfe)
+    assert errs[0] < 1e-2 and errs[2] < 1e-6
+    assert errs[0] > errs[1] > errs[2]
+    assert nfes[0] < nfes[1] < nfes[2]
+
+
+def test_dopri5_per_sample_control_is_independent_of_the_batch(gaussian):
+    path = paths.EDM()
+    den = gaussian.denoiser(path)
+    g = torch.Generator().manual_seed(3)
+    x_T = torch.randn(6, D, generator=g, dtype=torch.float64) * 80.0
+    x_T[3:] *= 0.05  # very different samples in the same batch
+    solver = pfode.solvers.get("dopri5", rtol=1e-6, atol=1e-6)
+    grid = pfode.grid(path, 1)
+    full = pfode.sample(den, x_T, grid, solver, denoise=False, return_info=True)
+    alone = pfode.sample(den, x_T[:1], grid, solver, denoise=False, return_info=True)
+    assert torch.equal(full.info["accepted_steps"][:1], alone.info["accepted_steps"])
+    torch.testing.assert_close(full.x[:1], alone.x, rtol=1e-12, atol=1e-12)
+    assert len(set(full.info["accepted_steps"].tolist())) > 1  # samples really did take their own steps
+
+
+# ----------------------------------------------------------------------------------------------
+# Stochastic samplers: weak convergence of mean and covariance on a Gaussian target
+
+
+@pytest.mark.parametrize("name", ["euler-maruyama", "ddpm", "dpm++2m-sde"])
+def test_stochastic_weak_convergence(name):
+    g = torch.Generator().manual_seed(4)
+    cov = torch.tensor([[0.5, 0.2], [0.2, 0.3]], dtype=torch.float64)
+    target = analytic.Gaussian(torch.tensor([1.0, -0.5], dtype=torch.float64), cov)
+    path = paths.VP()
+    den = target.denoiser(path)
+    n = 20000
+    x_T = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    a, s = float(path.alpha(path.t_min)), float(path.sigma(path.t_min))
+    true_mean, true_cov = a * target.mean, a * a * cov + s * s * torch.eye(2, dtype=torch.float64)
+    w2 = []
+    for steps in (20, 320):
+        x = pfode.sample(
+            den, x_T, pfode.grid(path, steps), name, denoise=False, generator=torch.Generator().manual_seed(5)
+        )
+        w2.append(pfode.metrics.w2_gaussian(x.mean(0), torch.cov(x.T), true_mean, true_cov))
+    # measured: ddpm 0.176 -> 0.0095, euler-maruyama 0.021 -> 0.006, dpm++2m-sde 0.077 -> 0.006;
+    # the Monte-Carlo floor with 20k samples is about 0.005
+    assert w2[0] > w2[1], w2
+    assert w2[1] < 0.02, w2
+
+
+def test_stochastic_seed_independent_of_batch_size():
+    target = analytic.GaussianMixture([0.5, 0.5], [[1.0, 0.0], [-1.0, 0.0]], [0.1, 0.1])
+    path = paths.EDM()
+    den = target.denoiser(path)
+    x_T = torch.randn(8, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64) * 80
+    for name in ("euler-maruyama", "ddpm", "dpm++2m-sde"):
+        big = pfode.sample(den, x_T, nfe=10, solver=name, generator=torch.Generator().manual_seed(7))
+        small = pfode.sample(den, x_T[:3], nfe=10, solver=name, generator=torch.Generator().manual_seed(7))
+        other = pfode.sample(den, x_T[:3], nfe=10, solver=name, generator=torch.Generator().manual_seed(8))
+        torch.testing.assert_close(big[:3], small, rtol=1e-12, atol=1e-12)
+        assert not torch.allclose(small, other)
+
+
+# ----------------------------------------------------------------------------------------------
+# Robustness: every solver x every path x every NFE from 1 to 30 gives finite samples
+
+ALL_PATHS = [
+    paths.VP,
+    paths.VPCosine,
+    paths.VPDiscrete.ddpm,
+    paths.SubVP,
+    paths.VE,
+    paths.EDM,
+    paths.Linear,
+    paths.Trig,
+]
+
+
+@pytest.mark.parametrize("make_path", ALL_PATHS, ids=lambda f: getattr(f, "__qualname__", str(f)))
+def test_every_solver_every_nfe_is_finite(make_path):
+    path = make_path()
+    target = analytic.GaussianMixture.random(8, 4, std_range=(0.05, 1.0), generator=torch.Generator().manual_seed(8))
+    den = target.denoiser(path)
+    x_T = torch.randn(16, 8, generator=torch.Generator().manual_seed(9)) * float(path.sigma(path.t_max))
+    ran = 0
+    for name in pfode.solvers.available():
+        if name == "dopri5":
+            continue
+        solver = pfode.solvers.get(name)
+        for nfe in range(1, 31):
+            try:
+                x = pfode.sample(den, x_T, nfe=nfe, solver=solver, generator=torch.Generator().manual_seed(0))
+            except ValueError as e:
+                assert "cannot be spent" in str(e) or "too small" in str(e), str(e)
+                continue
+            assert x.dtype == torch.float32
+            assert bool(torch.isfinite(x).all()), (name, nfe)
+            ran += 1
+    assert ran > 300
+
+
+def test_nfe_is_spent_exactly():
+    path = paths.VPDiscrete.ddpm()
+    target = analytic.Gaussian(torch.zeros(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64))
+    calls = []
+
+    def net(x, t):
+        calls.append(1)
+        return target.x0_eps(x, path.t_of_index(t), path)[1]
+
+    den = pfode.Denoiser(net, path, prediction="eps", time_input="index")
+    x_T = torch.randn(4, 3, dtype=torch.float64)
+    for name in pfode.solvers.available():
+        if name == "dopri5":
+            continue
+        for nfe in (5, 7, 10, 15):
+            calls.clear()
+            try:
+                out = pfode.sample(den, x_T, nfe=nfe, solver=name, return_info=True)
+            except ValueError:
+                continue
+            assert len(calls) == nfe == out.nfe, (name, nfe, len(calls))
+
+
+def test_solver_objects_are_reusable():
+    path = paths.EDM()
+    target = analytic.GaussianMixture.random(4, 3, generator=torch.Generator().manual_seed(10))
+    den = target.denoiser(path)
+    for name in ("dpm++2m", "dpm++3m", "unipc", "deis", "ipndm", "dpm3", "heun", "dpm++2m-sde"):
+        shared = pfode.solvers.get(name)
+        for b, steps in ((5, 7), (3, 12), (5, 7)):
+            x_T = torch.randn(b, 4, generator=torch.Generator().manual_seed(b), dtype=torch.float64) * 80
+            gr = pfode.grid(path, steps, "karras")
+            a = pfode.sample(den, x_T, gr, shared, generator=torch.Generator().manual_seed(1))
+            fresh = pfode.sample(den, x_T, gr, pfode.solvers.get(name), generator=torch.Generator().manual_seed(1))
+            assert torch.equal(a, fresh), name
+
+
+def test_grid_ending_at_zero_noise_equals_final_denoising_step():
+    path = paths.EDM()
+    target = analytic.GaussianMixture.random(4, 3, generator=torch.Generator().manual_seed(11))
+    den = target.denoiser(path)
+    x_T = torch.randn(5, 4, generator=torch.Generator().manual_seed(12), dtype=torch.float64) * 80
+    g = pfode.grid(path, 8, "karras", t_end=0.0)
+    assert float(g[-1]) == 0.0
+    for name in ("dpm++2m", "heun", "unipc", "ddim"):
+        a = pfode.sample(den, x_T, g, name)
+        b = pfode.sample(den, x_T, g[:-1], name, denoise=True)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        x_last = pfode.sample(den, x_T, g[:-1], name, denoise=False)
+        torch.testing.assert_close(a, target.x0_eps(x_last, g[-2], path)[0])
+
+
+def test_half_precision_network_output_is_upcast():
+    path = paths.VP()
+    target = analytic.Gaussian(torch.zeros(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64) * 0.5)
+
+    def net(x, t):
+        return target.x0_eps(x, t, path)[1].to(torch.bfloat16)
+
+    den = pfode.Denoiser(net, path, prediction="eps")
+    x_T = torch.randn(4, 3)
+    x = pfode.sample(den, x_T, nfe=10, solver="dpm++2m")
+    assert x.dtype == torch.float32
+    assert bool(torch.isfinite(x).all())
+
+
+def test_callback_and_trajectory():
+    path = paths.Linear()
+    target = analytic.GaussianMixture.random(2, 2, generator=torch.Generator().manual_seed(13))
+    den = target.denoiser(path)
+    x_T = torch.randn(3, 2, dtype=torch.float64)
+    seen = []
+    out = pfode.sample(den, x_T, nfe=6, solver="dpm++2m", callback=seen.append, return_trajectory=True)
+    assert [s["i"] for s in seen] == list(range(len(seen)))
+    assert all(s["t"] > s["t_next"] for s in seen)
+    assert len(out.trajectory) == len(out.times) == len(seen) + 1
+    assert torch.equal(out.trajectory[0], x_T) and torch.equal(out.trajectory[-1], out.x)
+    torch.testing.assert_close(seen[1]["x0_hat"], target.x0_eps(seen[1]["x"], seen[1]["t"], path)[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_unknown_solver_lists_names():
+    with pytest.raises(ValueError, match="dpm\\+\\+2m"):
+        pfode.solvers.get("dpm++9m")
+
+
+def test_unsupported_orders():
+    with pytest.raises(ValueError, match="order"):
+        pfode.solvers.get("dpm3", order=4)
+    with pytest.raises(ValueError, match="order"):
+        UniPC(order=4)
+    with pytest.raises(ValueError, match="order"):
+        IPNDM(order=5)
+    with pytest.raises(ValueError, match="variant"):
+        UniPC(variant="bh3")
+
+
+def test_grid_problems():
+    path = paths.EDM()
+    den = analytic.Gaussian(torch.zeros(2), torch.eye(2)).denoiser(path)
+    x_T = torch.randn(2, 2)
+    with pytest.raises(ValueError, match="at least 2"):
+        pfode.sample(den, x_T, torch.tensor([80.0]))
+    with pytest.raises(ValueError, match="orders has 2 entries"):
+        pfode.sample(den, x_T, pfode.grid(path, 5), DPMSolver(orders=[3, 3]))
+    with pytest.raises(ValueError, match="grid=.*or nfe="):
+        pfode.sample(den, x_T)
+    with pytest.raises(TypeError, match="nfe=10"):
+        pfode.sample(den, x_T, 10)
+    with pytest.raises(ValueError, match="cannot be spent"):
+        pfode.sample(den, x_T, nfe=10, solver="heun")
+    with pytest.raises(ValueError, match="rtol/atol"):
+        pfode.sample(den, x_T, nfe=10, solver="dopri5")
+    with pytest.raises(ValueError, match="alpha > 0"):
+        pfode.sample(paths_linear_den(), x_T, torch.tensor([1.0, 0.5, 0.1]), "dpm++2m")
+
+
+def paths_linear_den():
+    return analytic.Gaussian(torch.zeros(2), torch.eye(2)).denoiser(paths.Linear())
+
+
+def test_rk_in_t_starts_at_pure_noise():
+    den = paths_linear_den()
+    x = pfode.sample(den, torch.randn(3, 2), torch.linspace(1.0, 0.01, 11), Heun("t"))
+    assert bool(torch.isfinite(x).all())
+
+
+def test_nan_from_network_names_step_and_time():
+    path = paths.EDM()
+    target = analytic.Gaussian(torch.zeros(2), torch.eye(2))
+    calls = []
+
+    def net(x, t):
+        calls.append(1)
+        out = target.x0_eps(x, t, path)[0].to(x.dtype)
+        return out * float("nan") if len(calls) == 4 else out
+
+    den = pfode.Denoiser(net, path, prediction="x0")
+    g = pfode.grid(path, 8)
+    with pytest.raises(pfode.NonFiniteError, match=f"step 3 \\(t={float(g[3]):.6g}\\)"):
+        pfode.sample(den, torch.randn(2, 2), g, "dpm++2m")
+
+
+def test_bad_x_T():
+    den = paths_linear_den()
+    with pytest.raises(TypeError, match="floating"):
+        pfode.sample(den, torch.ones(2, 2, dtype=torch.long), nfe=5)
+    with pytest.raises(ValueError, match="batch"):
+        pfode.sample(den, torch.tensor(1.0), nfe=5)
+    with pytest.raises(ValueError, match="non-finite"):
+        pfode.sample(den, torch.tensor([[float("nan"), 0.0]]), nfe=5)
+    with pytest.raises(ValueError, match="features"):
+        pfode.sample(den, torch.randn(2, 3), nfe=5)
+    with pytest.raises(TypeError, match="pfode.Denoiser"):
+        pfode.sample(lambda x, t: x, torch.randn(2, 2), nfe=5)
