@@ -18,22 +18,24 @@ $(PY):
 venv: $(PY)
 
 $(VENV)/.installed: $(PY) pyproject.toml
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e .
+	@touch $@
+
+# tests run the adapters and peers too: diffusers, POT, torchdiffeq, torchsde, and k-diffusion
+# without its declared dependencies (they pull torchvision and a CUDA build of torch)
+$(VENV)/.dev: $(VENV)/.installed
+	$(PIP) install -q -e '.[dev,bench]'
+	$(PIP) install -q --no-deps k-diffusion
 	@touch $@
 
 demo: $(VENV)/.installed
 	$(PY) -m pfode.demo
 
-test: $(VENV)/.installed
+test: $(VENV)/.dev
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest
 
-$(VENV)/.bench: $(VENV)/.installed
-	$(PIP) install -q -e '.[bench]'
-	$(PIP) install -q --no-deps k-diffusion
-	@touch $@
-
-bench: $(VENV)/.bench
+bench: $(VENV)/.dev
 	$(PY) benchmarks/solvers_gmm.py
 
 clean:
