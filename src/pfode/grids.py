@@ -72,7 +72,7 @@ def grid(
     elif spacing == "quadratic":
         g = te + (ts - te) * (1.0 - u) ** 2
     elif spacing == "logsnr":
-        l0, l1 = float(path.lam(ts)), float(path.lam(te))
+        l0, l1 = path.lam(torch.tensor([ts, te], dtype=torch.float64)).tolist()
         if not (math.isfinite(l0) and math.isfinite(l1)):
             raise ValueError(
                 f"spacing='logsnr' needs finite log-SNR at both ends; lam(t_start={ts:g})={l0}, "

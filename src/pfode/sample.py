@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -101,8 +102,6 @@ def _resolve_grid(den, solver, grid, nfe, spacing, t_start, t_end, denoise):
             raise ValueError(
                 f"with nfe=, end the grid above zero noise (t_end={te!r} has sigma = 0); denoise=True finishes there"
             )
-        if getattr(solver, "adaptive", False):
-            solver.for_nfe(nfe, denoise)  # raises: adaptive solvers pick their own evaluations
         steps, solver = solver.for_nfe(nfe, denoise)
         return make_grid(path, steps, spacing, t_start=t_start, t_end=t_end), solver
     if isinstance(grid, int) and not isinstance(grid, bool):
@@ -177,39 +176,45 @@ class Sampler:
         check_state("x_T", x_T)
         if self.adaptive:
             return self._adaptive(x_T, cond, return_trajectory, return_info, check_finite)
-        table, plan, solver = self.table, self.plan, self.solver
         ev = self._evaluator(x_T, cond)
-        noise = PerSampleNoise(x_T, generator) if solver.stochastic else None
-        x = x_T
+        noise = PerSampleNoise(x_T, generator) if self.solver.stochastic else None
+        x, traj = self._loop(x_T, ev, noise, callback, return_trajectory, None)
+        if check_finite and not bool(torch.isfinite(x).all()):
+            self._locate_non_finite(x_T, cond, noise)
+        if return_trajectory or return_info:
+            times = [self.table[i].t for i in range(self.table.n_steps + 1)]
+            return SampleOutput(x, traj, times, ev.count)
+        return x
+
+    def _loop(self, x, ev, noise, callback, return_trajectory, flags):
+        table, solver = self.table, self.solver
         traj = [x] if return_trajectory else None
-        sums = []
         hist = None
-        for st in plan:
+        for st in self.plan:
             x_prev = x
             x, hist, x0 = solver.step(ev, x, hist, st, table, noise)
-            if check_finite:
-                sums.append(x0.sum())
+            if flags is not None:
+                flags.append(bool(torch.isfinite(x0).all()))
             if callback is not None:
                 callback({"i": st.i, "t": table[st.i].t, "t_next": table[st.i + 1].t, "x": x_prev, "x0_hat": x0})
             if traj is not None:
                 traj.append(x)
-        if check_finite:
-            sums.append(x.sum())
-            finite = torch.isfinite(torch.stack(sums).to(torch.float64))
-            if not bool(finite.all()):
-                k = int((~finite).nonzero()[0])
-                if k < len(plan):
-                    raise NonFiniteError(
-                        f"the network returned non-finite values at step {k} (t={table[k].t:.6g}) with solver "
-                        f"{solver.name!r}; check the network and its inputs at that time"
-                    )
-                raise NonFiniteError(
-                    f"solver {solver.name!r} produced non-finite values (the network's outputs were finite)"
-                )
-        if return_trajectory or return_info:
-            times = [table[i].t for i in range(table.n_steps + 1)]
-            return SampleOutput(x, traj, times, ev.count)
-        return x
+        return x, traj
+
+    def _locate_non_finite(self, x_T, cond, noise):
+        """The result was not finite: replay the same call (same noise streams) checking every step."""
+        if noise is not None:
+            noise.k = 0
+        flags: list[bool] = []
+        self._loop(x_T, self._evaluator(x_T, cond), noise, None, False, flags)
+        name = self.solver.name
+        if False in flags:
+            k = flags.index(False)
+            raise NonFiniteError(
+                f"the network returned non-finite values at step {k} (t={self.table[k].t:.6g}) with solver "
+                f"{name!r}; check the network and its inputs at that time"
+            )
+        raise NonFiniteError(f"solver {name!r} produced non-finite values (the network's outputs were finite)")
 
     def _adaptive(self, x_T, cond, return_trajectory, return_info, check_finite):
         g = self.grid
@@ -228,6 +233,40 @@ class Sampler:
         if return_trajectory or return_info:
             return SampleOutput(x, traj, times, nfe_used, info)
         return x
+
+
+_CACHE_SIZE = 8
+
+
+def _prepared(denoiser, grid, solver, nfe, spacing, t_start, t_end, denoise) -> Sampler:
+    """A :class:`Sampler` for these arguments, from the denoiser's LRU cache when it has one."""
+
+    def build():
+        return Sampler(denoiser, grid, solver, nfe=nfe, spacing=spacing, t_start=t_start, t_end=t_end, denoise=denoise)
+
+    if not isinstance(denoiser, Denoiser):
+        return build()  # Sampler raises the TypeError
+    if isinstance(grid, torch.Tensor):
+        grid_key = tuple(grid.detach().to("cpu", torch.float64).flatten().tolist())
+    elif isinstance(grid, (list, tuple)):
+        grid_key = tuple(grid)
+    else:
+        grid_key = grid
+    key = (denoiser.prediction, denoiser.time_input, solver, grid_key, nfe, spacing, t_start, t_end, bool(denoise))
+    try:
+        hash(key)
+    except TypeError:  # an unhashable argument: no caching
+        return build()
+    cache = denoiser.__dict__.setdefault("_samplers", OrderedDict())
+    hit = cache.get(key)
+    if hit is not None and hit[0] is denoiser.path:  # the path object is part of the key
+        cache.move_to_end(key)
+        return hit[1]
+    sampler = build()
+    cache[key] = (denoiser.path, sampler)
+    if len(cache) > _CACHE_SIZE:
+        cache.popitem(last=False)
+    return sampler
 
 
 def sample(
@@ -265,14 +304,16 @@ def sample(
         return_info: return a :class:`SampleOutput` (samples, evaluations used, solver info).
         generator: seeds the per-sample noise streams of stochastic solvers.
         cond: keyword arguments passed to the network at every call (conditioning tensors).
-        check_finite: raise :class:`NonFiniteError` naming the first step whose ``x0_hat`` was not
-            finite (checked once, after the loop: no host-device sync inside it).
+        check_finite: raise :class:`NonFiniteError` if the result is not finite, naming the first step
+            whose ``x0_hat`` was not (one check after the loop, no host-device sync inside it; on failure
+            the call is replayed with the same noise streams, checking every step).
     Returns:
         the samples (shaped like ``x_T``), or a :class:`SampleOutput`.
 
-    To sample many batches with the same settings, build a :class:`Sampler` once and call it.
+    The prepared :class:`Sampler` (grid, plan, time tensors) is kept in a small cache on the denoiser,
+    keyed by every argument that shapes it, so repeated calls skip the set-up.
     """
-    sampler = Sampler(denoiser, grid, solver, nfe=nfe, spacing=spacing, t_start=t_start, t_end=t_end, denoise=denoise)
+    sampler = _prepared(denoiser, grid, solver, nfe, spacing, t_start, t_end, denoise)
     return sampler(
         x_T,
         callback=callback,

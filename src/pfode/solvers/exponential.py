@@ -37,10 +37,10 @@ def phi(k: int, z: float) -> float:
 
 
 def _lin(x: torch.Tensor, cx: float, terms) -> torch.Tensor:
-    """``cx * x + sum w * d`` with fused adds."""
+    """``cx * x + sum w * d``, accumulated in place in one fresh tensor."""
     out = x * cx
     for w, d in terms:
-        out = torch.add(out, d, alpha=w)
+        out.add_(d, alpha=w)
     return out
 
 
@@ -406,7 +406,7 @@ class UniPC(_Multistep):
         c = st.data
         prev_x, ds = hist if hist else (None, ())
         if "ccx" in c:  # correct x_i with the evaluation at the predicted point (no extra call)
-            x = torch.add(_lin(prev_x, c["ccx"], zip(c["cw"], ds)), d, alpha=c["cnew"])
+            x = _lin(prev_x, c["ccx"], zip(c["cw"], ds)).add_(d, alpha=c["cnew"])
         ds = ((d,) + ds)[: self.predictor_order]
         if st.zero:
             return self.zero_step(ev, x, (x, ds), st, table, d)
