@@ -59,6 +59,15 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def _hash32_int(x: int) -> int:
+    """:func:`_hash32` on a Python int (no tensor, no device transfer)."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _M32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _M32
+    return x ^ (x >> 16)
+
+
 class PerSampleNoise:
     """Standard normal noise from one counter-based stream per sample.
 
@@ -80,7 +89,7 @@ class PerSampleNoise:
 
     def __call__(self) -> torch.Tensor:
         self.k += 1
-        base = _hash32(self.keys ^ _hash32(torch.tensor(self.k * 0x9E3779B9 & _M32, device=self.keys.device)))
+        base = _hash32(self.keys ^ _hash32_int(self.k * 0x9E3779B9 & _M32))  # step key hashed on the host
         h1 = _hash32(base ^ self.idx)
         h2 = _hash32(base ^ (self.idx + 1))
         u1 = (h1.to(self.dtype) + 0.5) * 2.0**-32
