@@ -7,11 +7,19 @@ Quick map:
 * :func:`pfode.grid` — time grids (logsnr, uniform, karras, quadratic);
 * :func:`pfode.sample` and :mod:`pfode.solvers` — DDIM, DPM-Solver(++), UniPC, DEIS, iPNDM, RK, dopri5, SDEs;
 * :mod:`pfode.analytic` — Gaussian and Gaussian-mixture ground truth;
+* :func:`pfode.log_likelihood`, :func:`pfode.bits_per_dim` — exact likelihood through the ODE;
+* :func:`pfode.invert`, :func:`pfode.bdia_sample` — inversion, exact (BDIA) round trips;
+* :func:`pfode.adjoint_sample` — gradients through the sampler with memory independent of steps;
+* :func:`pfode.cfg`, :func:`pfode.dynamic_thresholding`, :func:`pfode.classifier_guidance` — guidance wrappers;
 * :mod:`pfode.metrics` — W2 (exact Gaussian, samples), sliced W2, MMD, straightness.
 """
 
-from . import analytic, metrics, paths, solvers
+from . import adjoint, analytic, guidance, likelihood, metrics, paths, solvers
+from .adjoint import adjoint_sample
 from .grids import as_grid, grid
+from .guidance import cfg, classifier_guidance, dynamic_thresholding
+from .invert import InversionOutput, RoundTrip, bdia_sample, invert, round_trip
+from .likelihood import BitsPerDimOutput, LikelihoodOutput, bits_per_dim, log_likelihood
 from .predictions import Denoiser
 from .sample import NonFiniteError, SampleOutput, Sampler, sample
 
@@ -25,8 +33,40 @@ __all__ = [
     "Sampler",
     "SampleOutput",
     "NonFiniteError",
+    "log_likelihood",
+    "bits_per_dim",
+    "LikelihoodOutput",
+    "BitsPerDimOutput",
+    "invert",
+    "bdia_sample",
+    "round_trip",
+    "InversionOutput",
+    "RoundTrip",
+    "adjoint_sample",
+    "cfg",
+    "classifier_guidance",
+    "dynamic_thresholding",
+    "log_likelihood",
+    "bits_per_dim",
+    "LikelihoodOutput",
+    "BitsPerDimOutput",
+    "invert",
+    "bdia_sample",
+    "round_trip",
+    "InversionOutput",
+    "RoundTrip",
+    "adjoint_sample",
+    "cfg",
+    "classifier_guidance",
+    "dynamic_thresholding",
     "paths",
     "solvers",
+    "likelihood",
+    "adjoint",
+    "guidance",
+    "likelihood",
+    "adjoint",
+    "guidance",
     "analytic",
     "metrics",
     "__version__",
