@@ -21,11 +21,11 @@ $(VENV)/.installed: $(PY) pyproject.toml
 	$(PIP) install -q -e .
 	@touch $@
 
-# tests run the adapters and peers too: diffusers, POT, torchdiffeq, torchsde, and k-diffusion
+# tests run the adapters and peers too: diffusers, POT, torchdiffeq, torchsde, and k-diffusion and flow_matching
 # without its declared dependencies (they pull torchvision and a CUDA build of torch)
 $(VENV)/.dev: $(VENV)/.installed
 	$(PIP) install -q -e '.[dev,bench]'
-	$(PIP) install -q --no-deps k-diffusion
+	$(PIP) install -q --no-deps k-diffusion flow_matching
 	@touch $@
 
 demo: $(VENV)/.installed
