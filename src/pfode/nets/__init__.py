@@ -1,0 +1,24 @@
+"""Reference networks for training: a time-conditioned MLP for vectors and a small UNet for images.
+
+Both take ``(x, t)`` with ``x`` of shape ``[B, *data_shape]`` and ``t`` a ``[B]`` tensor of network
+times (whatever :class:`pfode.Denoiser`'s ``time_input`` hands them) and return a tensor shaped like
+``x``. Both expose ``data_shape`` so a trainer can check a dataset against them, and ``config()``
+(a JSON-serialisable dict) so :func:`build` can rebuild them from a checkpoint's configuration.
+"""
+
+from __future__ import annotations
+
+from .embed import SinusoidalEmbedding
+from .mlp import MLP
+from .unet import UNet
+
+__all__ = ["SinusoidalEmbedding", "MLP", "UNet", "build", "NETS"]
+
+NETS = {"mlp": MLP, "unet": UNet}
+
+
+def build(name: str, **options):
+    """Build a reference network by name (``"mlp"`` or ``"unet"``) with keyword options."""
+    if not isinstance(name, str) or name not in NETS:
+        raise ValueError(f"network name={name!r} is unknown; valid names: {', '.join(sorted(NETS))}")
+    return NETS[name](**options)
