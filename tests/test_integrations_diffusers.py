@@ -485,3 +485,24 @@ def test_scheduler_bad_options():
         pfd.PFODEScheduler(solver="nope")
     with pytest.raises(ValueError, match="beta_schedule"):
         pfd.PFODEScheduler.from_config(DDPMScheduler(beta_schedule="sigmoid").config)
+
+
+@pytest.mark.parametrize("steps", [10, 20])
+def test_dpmsolver_sigma_min_final_matches_lower_order_final(steps):
+    """diffusers' final_sigmas_type="sigma_min" with lower_order_final: the last step is first order below 15."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    unet = _unet()
+    sch = DPMSolverMultistepScheduler(
+        num_train_timesteps=1000, prediction_type="v_prediction", final_sigmas_type="sigma_min", solver_order=2
+    )
+    sch.set_timesteps(steps)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = x.clone()
+    with torch.no_grad():
+        for t in sch.timesteps:
+            y = sch.step(unet(y, t).sample, t, y).prev_sample
+        grid, denoise = pfd.grid_from_scheduler(sch)
+        z = pfode.sample(pfd.denoiser(unet, sch.config), x, grid, "dpm++2m", denoise=denoise)
+    assert not denoise
+    assert float((z - y).norm() / y.norm()) < 1e-4

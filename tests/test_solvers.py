@@ -303,7 +303,8 @@ def test_grid_ending_at_zero_noise_equals_final_denoising_step():
         a = pfode.sample(den, x_T, g, name)
         b = pfode.sample(den, x_T, g[:-1], name, denoise=True)
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-        x_last = pfode.sample(den, x_T, g[:-1], name, denoise=False)
+        out = pfode.sample(den, x_T, g, name, return_trajectory=True)
+        x_last = out.trajectory[-2]  # the state at the last time above zero noise
         torch.testing.assert_close(a, target.x0_eps(x_last, g[-2], path)[0])
 
 

@@ -56,9 +56,8 @@ and pass it to :func:`pfode.sample`.
   ``euler_at_final=False``, ``thresholding=False`` and no ``use_karras_sigmas``/``use_exponential_sigmas``/
   ``use_lu_lambdas`` (those produce fractional timesteps whose sigmas diffusers interpolates in
   log-sigma, while :class:`~pfode.paths.VPDiscrete` interpolates ``log alpha`` in ``t``).
-  ``final_sigmas_type="sigma_min"`` (grid ending at ``t = 1/N``, ``denoise=False``) matches only with
-  ``lower_order_final=False`` or 15+ steps: diffusers then makes the last step first order, while pfode's
-  ``lower_order_final`` acts only before a step to zero noise.
+  ``final_sigmas_type="sigma_min"`` (grid ending at ``t = 1/N``, ``denoise=False``) matches too: on grids of
+  fewer than 15 steps both make the last step first order when ``lower_order_final=True``.
 * ``FlowMatchEulerDiscreteScheduler`` == pfode ``"euler"`` with ``variable="t"`` on the grid
   ``t = scheduler.sigmas[:-1]`` and ``denoise=True`` (its final step to ``sigma = 0`` is
   ``x - sigma * v = x0_hat``).

@@ -127,6 +127,9 @@ def _split_options(name: str, options: dict):
         raise ValueError("noise_sampler is not supported; stochastic pfode solvers take generator= instead")
     try:
         solver = solvers.get(name, **opts)
+        if hasattr(solver, "lower_order_final") and "lower_order_final" not in opts:
+            # k-diffusion's multistep samplers lower the order only on the step to sigma = 0
+            solver = solvers.get(name, lower_order_final=False, **opts)
     except TypeError as e:
         raise ValueError(f"invalid option(s) {sorted(opts)} for solver {name!r}: {e}") from None
     return solver, generator

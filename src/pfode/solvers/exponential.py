@@ -253,6 +253,17 @@ class DPMSolverPP2S(Solver):
         return _lin(x, c["cx"], ((c["w0"], d0), (c["w1"], d1))), hist, d0
 
 
+def _lower_order_final(k: int, i: int, n: int, enabled: bool) -> int:
+    """DPM-Solver++'s lower-order final steps: on grids of fewer than 15 steps the last step is first order
+    and the one before it at most second order (a last step to zero noise is first order anyway)."""
+    if enabled and n < 15:
+        if i == n - 1:
+            return 1
+        if i == n - 2:
+            return min(k, 2)
+    return k
+
+
 class _Multistep(Solver):
     """Shared warm-up logic: order at step ``i`` is ``min(order, i + 1)``; optional lower-order final."""
 
@@ -266,11 +277,7 @@ class _Multistep(Solver):
         self.lower_order_final = bool(lower_order_final)
 
     def _order_at(self, table: Table, i: int, n: int) -> int:
-        k = min(self.order, i + 1)
-        # lower-order final (DPM-Solver++): on short grids the step before the one to zero noise is at most 2nd order
-        if self.lower_order_final and n < 15 and i == n - 2 and table[n].zero:
-            k = min(k, 2)
-        return k
+        return _lower_order_final(min(self.order, i + 1), i, n, self.lower_order_final)
 
     @staticmethod
     def _push(hist, d, keep):
@@ -283,7 +290,7 @@ class DPMSolverPPMultistep(_Multistep):
     2M is the paper's update ``D = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1}``. 3M uses the exact
     ``phi``-function weights with first and second divided differences of ``x0_hat`` in ``lam``.
     Warm-up: first-order first step, second-order second step. ``lower_order_final``: on grids of
-    fewer than 15 steps the step before the final step to zero noise is at most second order.
+    fewer than 15 steps the last step is first order and the one before it at most second order.
     """
 
     paper = DPMSolverPP2S.paper
@@ -352,10 +359,7 @@ class UniPC(_Multistep):
         self.predictor_order = order
 
     def _order_at(self, table, i, n):
-        k = min(self.predictor_order, i + 1)
-        if self.lower_order_final and n < 15 and i == n - 2 and table[n].zero:
-            k = min(k, 2)
-        return k
+        return _lower_order_final(min(self.predictor_order, i + 1), i, n, self.lower_order_final)
 
     def _weights(self, table: Table, i: int, k: int, include_new: bool):
         """UniP (``include_new=False``) or UniC weights for the step from ``i`` to ``i + 1``.
