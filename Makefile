@@ -1,5 +1,5 @@
 # pfode: two commands on a fresh machine.
-#   make demo   creates .venv, installs pfode, runs the demo
+#   make demo   creates .venv, installs pfode, samples the shipped digits model and benchmarks the solvers
 #   make test   creates .venv if missing, installs the dev extras, runs ruff and pytest
 PYTHON ?= python3
 VENV ?= .venv
@@ -29,7 +29,8 @@ $(VENV)/.dev: $(VENV)/.installed
 	@touch $@
 
 demo: $(VENV)/.installed
-	$(PY) -m pfode.demo
+	$(VENV)/bin/pfode sample --force
+	$(VENV)/bin/pfode bench --force
 
 test: $(VENV)/.dev
 	$(VENV)/bin/ruff check src tests benchmarks

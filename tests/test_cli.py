@@ -1,0 +1,233 @@
+"""The ``pfode`` command line, end to end through subprocesses, at tiny sizes.
+
+Every subcommand runs once; bad arguments give exit status 2 (command line) or 1 (files, configurations,
+existing outputs) and exactly one line ``pfode: error: ...`` on stderr, never a traceback.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+
+from pfode import plots
+from pfode.cli import main
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+TINY = """\
+data: {name: toy2d, kind: moons, n: 256, seed: 0}
+model: {name: mlp, width: 16, depth: 1, time_dim: 8}
+objective: {name: flow-matching, path: linear}
+train: {steps: 6, batch_size: 32, lr: 0.001, log_every: 2, ckpt_every: 3, sample_every: 3, sample_n: 64,
+        sample_nfe: 2, device: cpu, tensorboard: false}
+"""
+
+
+def run(*args, cwd, script=False):
+    cmd = [_script()] if script else [sys.executable, "-m", "pfode.cli"]
+    return subprocess.run([*cmd, *map(str, args)], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def _script():
+    p = Path(sys.executable).parent / "pfode"
+    return str(p) if p.exists() else shutil.which("pfode")
+
+
+def ok(r):
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def fails(r, code, *words):
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("pfode: error: ")
+    assert "Traceback" not in r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+def fails_in(capsys, code, argv, *words):
+    """``main(argv)`` in this process: exit status ``code`` and one error line (checked like :func:`fails`)."""
+    r = subprocess.CompletedProcess(argv, main(argv), *capsys.readouterr())
+    return fails(r, code, *words)
+
+
+def png_shape(path, kind):
+    img = mpimg.imread(path)
+    w, h = plots.SIZES[kind]
+    assert img.shape[:2] == (round(h * plots.DPI), round(w * plots.DPI))
+    return img
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny training run (6 steps, checkpoints at 3 and 6), exported as a model pair."""
+    d = tmp_path_factory.mktemp("train")
+    (d / "tiny.yaml").write_text(TINY)
+    out = ok(run("train", "tiny.yaml", "--out", "run", "--quiet", "--export", "model/tiny", cwd=d))
+    assert "trained steps 0..6" in out
+    return d
+
+
+def test_sample_without_arguments_uses_builtin_digits(tmp_path):
+    out = ok(run("sample", cwd=tmp_path, script=_script() is not None))
+    assert "builtin:digits" in out and "dpm++2m (10 NFE)" in out
+    img = png_shape(tmp_path / "samples.png", "grid")
+    assert img.std() > 0.05
+    # an existing output is refused without --force, and left as it was
+    before = (tmp_path / "samples.png").read_bytes()
+    fails(run("sample", cwd=tmp_path), 1, "samples.png exists", "--force")
+    assert (tmp_path / "samples.png").read_bytes() == before
+    ok(run("sample", "--force", "--n", "4", "--nfe", "3", cwd=tmp_path))
+    assert (tmp_path / "samples.png").read_bytes() != before
+
+
+def test_sample_moons_scatter_npz_and_trajectories(tmp_path):
+    ok(run("sample", "--model", "builtin:moons", "--n", "200", "--out", "moons.png", cwd=tmp_path))
+    png_shape(tmp_path / "moons.png", "scatter")
+    ok(run("sample", "--model", "builtin:moons", "--n", "50", "--solver", "unipc", "--out", "m.npz", cwd=tmp_path))
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as z:
+        assert z["samples"].shape == (50, 2) and int(z["nfe"]) == 10 and str(z["solver"]) == "unipc"
+        assert np.isfinite(z["samples"]).all()
+    ok(run("sample", "--model", "analytic:gmm", "--n", "40", "--trajectories", "--out", "t.png", cwd=tmp_path))
+    png_shape(tmp_path / "t.png", "trajectories")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz", "moons.png", "t.png"]  # no temp files
+
+
+def test_train_resume_and_sample_from_the_run(run_dir, capsys, monkeypatch):
+    d = run_dir
+    run_ = d / "run"
+    assert (run_ / "checkpoints" / "latest.json").is_file()
+    assert (run_ / "samples" / "step-00000003.png").is_file()  # periodic sample plots
+    png_shape(run_ / "training_curves.png", "training")
+    meta = json.loads((d / "model" / "tiny.json").read_text())
+    assert meta["step"] == 6 and all(k.startswith("ema/") for k in meta["manifest"])
+    # training again into the same folder needs --resume or --force
+    fails(run("train", "tiny.yaml", "--out", "run", cwd=d), 1, "--resume", "--force")
+    # resume from the stored configuration, with more steps given as a flag
+    out = ok(run("train", "--resume", "run", "--steps", "8", "--quiet", cwd=d))
+    assert "trained steps 6..8" in out
+    # a run folder and an exported model both load with --model
+    ok(run("sample", "--model", "run", "--n", "30", "--nfe", "4", "--out", "a.png", cwd=d))
+    png_shape(d / "a.png", "scatter")
+    ok(run("sample", "--model", "model/tiny.safetensors", "--n", "30", "--nfe", "4", "--out", "b.npz", cwd=d))
+    # --force starts over (in-process: the same main() as the script)
+    monkeypatch.chdir(d)
+    assert main(["train", "tiny.yaml", "--out", "run", "--force", "--quiet", "--steps", "2"]) == 0
+    assert "trained steps 0..2" in capsys.readouterr().out
+    assert sorted(p.name for p in (run_ / "checkpoints").glob("step-*.json")) == ["step-00000002.json"]
+
+
+def test_nll_invert_and_reflow(run_dir):
+    d = run_dir
+    out = ok(run("nll", "--model", "model/tiny.json", "--n", "8", "--rtol", "1e-3", "--atol", "1e-3", cwd=d))
+    assert "log-likelihood" in out and "bits/dim" in out
+    out = ok(run("invert", "--model", "model/tiny.json", "--n", "8", "--method", "bdia", cwd=d))
+    err = float(out.split("relative error = ")[1].split(";")[0])
+    assert err < 1e-8  # BDIA is exact up to float64 rounding
+    out = ok(
+        run(
+            "reflow",
+            "--teacher",
+            "model/tiny.json",
+            "--out",
+            "reflow",
+            "--pairs",
+            "64",
+            "--pair-batch",
+            "32",
+            "--nfe",
+            "4",
+            "--steps",
+            "3",
+            "--batch-size",
+            "32",
+            "--sample-every",
+            "0",
+            "--quiet",
+            "--export",
+            "student",
+            cwd=d,
+        )
+    )
+    assert "64 teacher pairs" in out
+    assert (d / "reflow" / "pairs" / "index.json").is_file() and (d / "student.safetensors").is_file()
+    student = json.loads((d / "student.json").read_text())
+    assert student["spec"]["objective"]["coupling"] == "reflow"
+
+
+def test_nll_on_the_analytic_target_matches_the_exact_density(tmp_path):
+    out = ok(run("nll", "--model", "analytic:gmm", "--n", "16", cwd=tmp_path))
+    diff = float(out.split("mean |difference| ")[1].rstrip(")\n"))
+    assert diff < 0.05
+
+
+def test_bench_and_info(tmp_path):
+    out = ok(
+        run("bench", "--nfe", "5,10", "--n", "16", "--solvers", "ddim,dpm++2m,heun", "--json", "b.json", cwd=tmp_path)
+    )
+    assert "dpm++2m" in out and "NFE 10" in out
+    png_shape(tmp_path / "bench.png", "nfe")
+    table = json.loads((tmp_path / "b.json").read_text())
+    assert table["rmse"]["dpm++2m"]["10"] < table["rmse"]["ddim"]["10"]
+    assert table["rmse"]["heun"]["10"] is None  # heun cannot spend 10 evaluations
+    fails(run("bench", "--nfe", "5", "--n", "4", cwd=tmp_path), 1, "exists")
+    out = ok(run("info", cwd=tmp_path))
+    for word in ("dpm++2m", "evals/step", "velocity", "builtin:digits", "extras"):
+        assert word in out
+
+
+def test_usage_errors(tmp_path, capsys, monkeypatch):
+    fails(run("sample", "--solver", "nope", cwd=tmp_path), 2, "unknown solver 'nope'")
+    # the rest in-process (same main(), same output; a subprocess each would cost a torch import)
+    monkeypatch.chdir(tmp_path)
+    fails_in(capsys, 2, ["sample", "--nfe", "0"], "--nfe")
+    fails_in(capsys, 2, ["sample", "--solver", "heun", "--nfe", "10"], "nfe=10")
+    fails_in(capsys, 2, ["sample", "--out", "x.jpg"], ".png or .npz")
+    fails_in(capsys, 2, ["sample", "--bogus"], "unrecognized")
+    fails_in(capsys, 2, ["nosuchcommand"])
+    fails_in(capsys, 2, ["bench", "--nfe", "3,x"], "--nfe")
+    fails_in(capsys, 2, ["invert", "--method", "bdia", "--solver", "dpm++2m"], "single-step")
+    fails_in(capsys, 2, ["sample", "--model", "builtin:nope"], "builtin model")
+    fails_in(capsys, 2, ["sample", "--model", "analytic:gmm", "--trajectories", "--out", "t.npz"], "trajectories")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_file_and_config_errors(tmp_path, capsys, monkeypatch):
+    (tmp_path / "bad.yaml").write_text("data: {name: digits\nmodel: [\n")
+    fails(run("train", "bad.yaml", cwd=tmp_path), 1, "malformed YAML", "line")
+    monkeypatch.chdir(tmp_path)
+    fails_in(capsys, 1, ["sample", "--model", "missing.json"], "missing.json")
+    (tmp_path / "pickle.safetensors").write_bytes(b"\x80\x04\x95" + b"\0" * 64)
+    fails_in(capsys, 1, ["sample", "--model", "pickle.safetensors"], "not a safetensors file")
+    fails_in(capsys, 1, ["train", "nothere.yaml"], "nothere.yaml")
+    (tmp_path / "bad.json").write_text('{"data": {"name": "digits"},}')
+    fails_in(capsys, 1, ["train", "bad.json"], "malformed JSON", "line 1")
+    (tmp_path / "key.yaml").write_text(TINY.replace("depth: 1", "depth: 1, dropout: 0.1"))
+    fails_in(capsys, 1, ["train", "key.yaml"], "unknown key model.dropout")
+    (tmp_path / "tkey.yaml").write_text(TINY.replace("lr: 0.001", "lr: 0.001, learning_rate: 1"))
+    fails_in(capsys, 1, ["train", "tkey.yaml"], "unknown key train.learning_rate")
+    (tmp_path / "section.yaml").write_text(TINY + "optim: {lr: 1}\n")
+    fails_in(capsys, 1, ["train", "section.yaml"], "unknown section 'optim'")
+    (tmp_path / "ok.yaml").write_text(TINY)
+    fails_in(capsys, 1, ["train", "ok.yaml", "--lr", "-1"], "lr=")
+    fails_in(capsys, 1, ["train", "ok.yaml", "--set", "model.width=0"], "model", "width=0")
+    fails_in(capsys, 1, ["train", "ok.yaml", "--set", "objective.time_sampler=nope"], "time_sampler")
+    fails_in(capsys, 1, ["train", "ok.yaml", "--set", "data.kind=circles"], "data.kind")
+    fails_in(capsys, 1, ["train", "--resume", "nowhere"], "no checkpoint to resume")
+    fails_in(capsys, 1, ["nll", "--model", "analytic:gmm", "--data", "missing.npy"], "missing.npy")
+    assert not (tmp_path / "runs").exists()  # nothing was created for the invalid runs
+
+
+def test_verbose_shows_the_traceback(tmp_path):
+    r = run("sample", "--model", "missing.json", "--verbose", cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" in r.stderr and "pfode: error:" in r.stderr
