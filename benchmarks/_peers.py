@@ -10,13 +10,9 @@ standard pipeline loop (``scale_model_input`` -> model -> ``step``) with an epsi
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import math
-import sys
 import types
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,47 +27,11 @@ __all__ = [
     "SIGMA_SCHEDULERS",
 ]
 
-_K_SAMPLING = None
-
-
-def _append_dims(x: torch.Tensor, target_dims: int) -> torch.Tensor:
-    """Append trailing singleton dimensions to ``x`` until it has ``target_dims`` dimensions."""
-    missing = target_dims - x.ndim
-    if missing < 0:
-        raise ValueError(f"input has {x.ndim} dims but target_dims is {target_dims}, which is less")
-    return x[(...,) + (None,) * missing]
-
-
 def k_sampling() -> types.ModuleType:
-    """``k_diffusion.sampling`` without importing the rest of k-diffusion (cached)."""
-    global _K_SAMPLING
-    if _K_SAMPLING is not None:
-        return _K_SAMPLING
-    spec = importlib.machinery.PathFinder.find_spec("k_diffusion")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("k-diffusion is not installed (pip install --no-deps k-diffusion)")
-    pkg_dir = Path(list(spec.submodule_search_locations)[0])
-    if "k_diffusion" in sys.modules and hasattr(sys.modules["k_diffusion"], "sampling"):
-        _K_SAMPLING = sys.modules["k_diffusion"].sampling  # the real package is already imported
-        return _K_SAMPLING
-    pkg = sys.modules.get("k_diffusion")
-    if pkg is None:
-        pkg = types.ModuleType("k_diffusion")
-        pkg.__path__ = [str(pkg_dir)]
-        pkg.__package__ = "k_diffusion"
-        sys.modules["k_diffusion"] = pkg
-    if "k_diffusion.utils" not in sys.modules:
-        utils = types.ModuleType("k_diffusion.utils")
-        utils.append_dims = _append_dims
-        sys.modules["k_diffusion.utils"] = utils
-        pkg.utils = utils
-    sspec = importlib.util.spec_from_file_location("k_diffusion.sampling", pkg_dir / "sampling.py")
-    mod = importlib.util.module_from_spec(sspec)
-    sys.modules["k_diffusion.sampling"] = mod
-    sspec.loader.exec_module(mod)
-    pkg.sampling = mod
-    _K_SAMPLING = mod
-    return mod
+    """``k_diffusion.sampling`` without importing the rest of k-diffusion (see pfode's loader)."""
+    from pfode.integrations.k_diffusion import load_sampling
+
+    return load_sampling()
 
 
 # -- diffusers -------------------------------------------------------------------------------

@@ -23,13 +23,10 @@ solve alone. Run: ``python benchmarks/likelihood.py`` (``--quick`` for a smaller
 from __future__ import annotations
 
 import argparse
-import importlib.machinery
-import importlib.util
 import json
 import math
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
@@ -45,33 +42,9 @@ from pfode.predictions import Coeffs  # noqa: E402
 
 
 def k_sampling():
-    """``k_diffusion.sampling`` loaded by file path (its package ``__init__`` needs torchvision)."""
-    if "k_diffusion.sampling" in sys.modules:
-        return sys.modules["k_diffusion.sampling"]
-    spec = importlib.machinery.PathFinder.find_spec("k_diffusion")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("k-diffusion is not installed (pip install --no-deps k-diffusion)")
-    pkg_dir = Path(list(spec.submodule_search_locations)[0])
-    pkg = sys.modules.get("k_diffusion")
-    if pkg is None:
-        pkg = types.ModuleType("k_diffusion")
-        pkg.__path__ = [str(pkg_dir)]
-        sys.modules["k_diffusion"] = pkg
-    if "k_diffusion.utils" not in sys.modules:
-        utils = types.ModuleType("k_diffusion.utils")
+    from pfode.integrations.k_diffusion import load_sampling
 
-        def append_dims(x, target_dims):
-            return x[(...,) + (None,) * (target_dims - x.ndim)]
-
-        utils.append_dims = append_dims
-        sys.modules["k_diffusion.utils"] = utils
-        pkg.utils = utils
-    sspec = importlib.util.spec_from_file_location("k_diffusion.sampling", pkg_dir / "sampling.py")
-    mod = importlib.util.module_from_spec(sspec)
-    sys.modules["k_diffusion.sampling"] = mod
-    sspec.loader.exec_module(mod)
-    pkg.sampling = mod
-    return mod
+    return load_sampling()
 
 
 class Problem:

@@ -7,11 +7,7 @@ helper the ODE samplers compared here use.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import pathlib
-import sys
-import types
 
 import pytest
 import torch
@@ -21,8 +17,6 @@ from pfode.analytic import Gaussian, GaussianMixture
 from pfode.integrations import flow_matching
 from pfode.integrations import k_diffusion as kd
 from pfode.paths import EDM, Linear
-
-_STUB = "_pfode_test_kdiff"
 
 
 def _rel(a, b) -> float:
@@ -40,35 +34,13 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def ksampling():
-    """k-diffusion's sampling module, loaded by path under a stub package (removed from sys.modules after)."""
+    """k-diffusion's sampling module, loaded without the rest of k-diffusion by pfode's own loader."""
     for dep in ("scipy", "torchdiffeq", "torchsde", "tqdm"):
         pytest.importorskip(dep)
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("k-diffusion is not installed")
-    path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "sampling.py"
-    if not path.exists():
-        pytest.skip("k_diffusion/sampling.py not found")
-    pkg = types.ModuleType(_STUB)
-    pkg.__path__ = [str(path.parent)]
-    utils = types.ModuleType(f"{_STUB}.utils")
-
-    def append_dims(x, target_dims):
-        return x[(...,) + (None,) * (target_dims - x.ndim)]
-
-    utils.append_dims = append_dims
-    pkg.utils = utils
-    names = (_STUB, f"{_STUB}.utils", f"{_STUB}.sampling")
-    sys.modules[_STUB], sys.modules[f"{_STUB}.utils"] = pkg, utils
     try:
-        mspec = importlib.util.spec_from_file_location(f"{_STUB}.sampling", path)
-        mod = importlib.util.module_from_spec(mspec)
-        sys.modules[f"{_STUB}.sampling"] = mod
-        mspec.loader.exec_module(mod)
-        yield mod
-    finally:
-        for n in names:
-            sys.modules.pop(n, None)
+        return kd.load_sampling()
+    except ImportError as e:
+        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="module")
