@@ -1203,6 +1203,12 @@ def main(argv=None) -> int:
             traceback.print_exc()
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (pfode info | head): stop quietly, as Unix tools do
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit-time flush quiet
+        except OSError:
+            pass
+        return 141
     except CLIError as e:
         if verbose:
             traceback.print_exc()
