@@ -81,8 +81,7 @@ class PerSampleNoise:
         dev = generator.device if generator is not None else torch.device("cpu")
         keys = torch.randint(0, 2**32, (like.shape[0],), generator=generator, device=dev, dtype=torch.int64)
         self.keys = keys.to(like.device)[:, None]
-        self.numel = like[0].numel()
-        self.idx = 2 * torch.arange(self.numel, device=like.device, dtype=torch.int64)[None]
+        self.idx = 2 * torch.arange(like[0].numel(), device=like.device, dtype=torch.int64)[None]
         self.like = like
         self.k = 0
         self.dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
