@@ -1,9 +1,16 @@
 """Per-step sampler overhead on CPU: pfode vs diffusers vs k-diffusion, with a tiny MLP (sampler-dominated).
 
-overhead per step = (wall time of one sampling call - wall time of a loop calling the same net the same
-number of times with prebuilt inputs) / model calls. Everything runs in one process, one thread, under
+overhead per step = (wall time of one sampling call - wall time of a loop calling the same net on the
+very inputs that sampler gave it) / model calls. Everything runs in one process, one thread, under
 ``torch.no_grad()``, float32; each configuration is warmed up, then timed ``--repeats`` times (each
-timing averages ``--inner`` calls) in a rotating order, and the median is reported.
+timing averages ``--inner`` calls, right after its model-only replay) in a rotating order, and the
+median is reported.
+
+Why the replay: the untrained MLP sends every sampler's trajectory to values of order 100, where
+SiLU's exp underflows to subnormal floats and the net runs up to 4x slower (at batch 1024, 32 vs
+15 us per SiLU). A model-only loop on other inputs (e.g. its own outputs fed back) would count that
+slowdown, the same ~35 us per step for every library, as sampler overhead. Replaying each sampler's
+recorded inputs makes the subtracted model time the model time that sampler actually caused.
 
 The net is an epsilon-prediction MLP on the DDPM table taking the (float) DDPM timestep; every library
 drives it the way its users do:
@@ -102,20 +109,10 @@ class KEpsDenoiser:
 
 
 def make_runners(net, nfe: int, B: int, d: int):
-    """``{label: (library, callable(x_T) -> samples)}`` for every sampler, plus the model-only loop."""
+    """``{label: (library, callable(x_T) -> samples)}`` for every sampler."""
     path = VPDiscrete.ddpm()
     den = pfode.Denoiser(net, path, prediction="eps", time_input="index")
     runners = {}
-
-    # model-only baseline: the same net, the same number of calls, prebuilt time tensors, output fed back
-    ts = [torch.full((B,), float(999 - 50 * i), dtype=torch.float32) for i in range(nfe)]
-
-    def model_only(x):
-        for t in ts:
-            x = net(x, t)  # a fresh input each call, as in sampling
-        return x
-
-    runners["model only"] = ("baseline", model_only)
 
     for name in PFODE:
 
@@ -168,46 +165,59 @@ def make_runners(net, nfe: int, B: int, d: int):
     return runners, den
 
 
-def count_calls(net, runners, x):
-    """Model calls of each runner (checked equal to ``nfe``)."""
-    n = {"c": 0}
+def record_calls(net, runners, x):
+    """``{label: [(x_in, t_in), ...]}``: copies of the inputs each runner gives the net, call by call."""
+    calls: list = []
     orig = net.forward
 
-    def counting(*a, **k):
-        n["c"] += 1
-        return orig(*a, **k)
+    def recording(xi, ti):
+        calls.append((xi.clone(), ti.clone()))
+        return orig(xi, ti)
 
-    net.forward = counting
+    net.forward = recording
     out = {}
     try:
         with torch.no_grad():
             for label, (_, fn) in runners.items():
-                n["c"] = 0
+                calls = []
                 fn(x)
-                out[label] = n["c"]
+                out[label] = calls
     finally:
         del net.forward
     return out
 
 
-def time_runners(runners, x, repeats: int, inner: int, warmup: int) -> dict[str, dict[str, list[float]]]:
-    """Per-call seconds of each sampler and of the model-only loop timed right before it (paired).
+def replays(net, recorded):
+    """``{label: callable(x)}`` running the net on each runner's recorded inputs (its model-only loop)."""
+
+    def make(inputs):
+        def replay(_x):
+            for xi, ti in inputs:
+                net(xi, ti)
+
+        return replay
+
+    return {label: make(inputs) for label, inputs in recorded.items()}
+
+
+def time_runners(runners, baselines, x, repeats: int, inner: int, warmup: int) -> dict[str, dict[str, list[float]]]:
+    """Per-call seconds of each sampler and of its model-only replay timed right before it (paired).
 
     Both wall time (``perf_counter``) and this thread's CPU time (``thread_time``; with one torch thread
     all work runs on the calling thread) are recorded: CPU time is far less sensitive to other processes
     competing for the cores.
     """
-    base_fn = runners["model only"][1]
-    labels = [k for k in runners if k != "model only"]
+    labels = list(runners)
     out = {k: {"wall": [], "cpu": [], "base_wall": [], "base_cpu": []} for k in labels}
     with torch.no_grad():
         for _ in range(warmup):
-            for k in runners:
+            for k in labels:
                 runners[k][1](x)
+                baselines[k](x)
         for r in range(repeats):
             order = labels[r % len(labels) :] + labels[: r % len(labels)]  # rotate to spread drift
             for k in order:
-                fn = runners[k][1]
+                fn, base_fn = runners[k][1], baselines[k]
                 w0, c0 = time.perf_counter(), time.thread_time()
                 for _ in range(inner):
                     base_fn(x)
@@ -272,7 +282,7 @@ def plot(path_png, table, batches, nfe, title_suffix):
         ax.axvline(rows[bp]["overhead_cpu_us_per_step"], color="k", ls=":", lw=1)
         ax.axvline(0.3 * rows[bp]["overhead_cpu_us_per_step"], color="r", ls="--", lw=1.2)
         ax.set_title(f"batch {B} (the net alone: {net_us:.0f} us CPU per call)", fontsize=12)
-        ax.set_xlabel("overhead per step (us) = (sampling - model-only loop) / NFE", fontsize=11)
+        ax.set_xlabel("overhead per step (us) = (sampling - net replayed on its inputs) / NFE", fontsize=11)
         ax.set_xlim(min(0, min(wall) * 1.1), max(max(cpu), max(wall)) * 1.15)
         ax.grid(True, axis="x", alpha=0.3)
     handles = [plt.Rectangle((0, 0), 1, 1, color=col) for col in colors.values()]
@@ -321,11 +331,12 @@ def main(argv=None):
     for B in args.batches:
         x = torch.randn(B, d)
         runners, den = make_runners(net, nfe, B, d)
-        calls = count_calls(net, runners, x)
+        recorded = record_calls(net, runners, x)
+        calls = {k: len(v) for k, v in recorded.items()}
         bad = {k: v for k, v in calls.items() if v != nfe}
         if bad:
             raise RuntimeError(f"model calls differ from nfe={nfe}: {bad}")
-        times = time_runners(runners, x, repeats, inner, warmup)
+        times = time_runners(runners, replays(net, recorded), x, repeats, inner, warmup)
         rows = {}
         base_w = [v for t in times.values() for v in t["base_wall"]]
         base_c = [v for t in times.values() for v in t["base_cpu"]]
@@ -333,7 +344,7 @@ def main(argv=None):
             "library": "baseline",
             "call_us": statistics.median(base_w) * 1e6,
             "call_cpu_us": statistics.median(base_c) * 1e6,
-            "model_calls": calls["model only"],
+            "model_calls": nfe,
         }
         for k, t in times.items():
             dw = [a - b for a, b in zip(t["wall"], t["base_wall"])]
@@ -350,18 +361,14 @@ def main(argv=None):
             }
         for metric, suffix in (("overhead_us_per_step", ""), ("overhead_cpu_us_per_step", "_cpu")):
             peers = {
-                k: v
-                for k, v in rows.items()
-                if isinstance(v, dict) and v["library"] in ("diffusers", "k-diffusion")
+                k: v for k, v in rows.items() if isinstance(v, dict) and v["library"] in ("diffusers", "k-diffusion")
             }
             best_peer = min(peers, key=lambda k, m=metric: peers[k][m])
             for k, v in rows.items():
                 if isinstance(v, dict) and v["library"].startswith("pfode"):
                     v["ratio_to_best_peer" + suffix] = v[metric] / peers[best_peer][metric]
                     same = SAME_ALGORITHM[k.split()[1]]
-                    v["ratio_to_same_algorithm_peer" + suffix] = v[metric] / min(
-                        rows[p][metric] for p in same
-                    )
+                    v["ratio_to_same_algorithm_peer" + suffix] = v[metric] / min(rows[p][metric] for p in same)
             rows["_best_peer" + suffix] = best_peer
         table[B] = rows
         if args.profile:
@@ -371,12 +378,13 @@ def main(argv=None):
     load = os.getloadavg()
     print(
         f"NFE {nfe}, MLP d={d} width 64, float32, 1 thread; median over {repeats} repeats of {inner} calls, "
-        f"each paired with a model-only loop; load average now {load[0]:.1f} on {os.cpu_count()} cores"
+        f"each paired with the net replayed on that sampler's inputs; "
+        f"load average now {load[0]:.1f} on {os.cpu_count()} cores"
     )
     for B in args.batches:
         rows = table[B]
         print(
-            f"\nbatch {B}: model-only loop {rows['model only']['call_us']:.0f} us/call wall, "
+            f"\nbatch {B}: net replays (median) {rows['model only']['call_us']:.0f} us/call wall, "
             f"{rows['model only']['call_cpu_us']:.0f} us CPU "
             f"({rows['model only']['call_cpu_us'] / nfe:.1f} us CPU per net call); "
             f"best peer: {rows['_best_peer']} (wall), {rows['_best_peer_cpu']} (CPU)"
@@ -436,7 +444,7 @@ def main(argv=None):
             "repeats": repeats,
             "inner": inner,
             "warmup": warmup,
-            "overhead": "median over repeats of (sampling call - paired model-only loop) / NFE",
+            "overhead": "median over repeats of (sampling call - paired replay of the net on that call's inputs) / NFE",
             "load_average_at_end": list(os.getloadavg()),
             "versions": {"torch": torch.__version__, "pfode": pfode.__version__},
         },

@@ -1,9 +1,8 @@
 """Pure sampler cost per step: every sampler driven by a network that returns a constant tensor.
 
-``benchmarks/overhead.py`` measures overhead as (sampling time) - (a model-only loop with a real MLP).
-At large batches that difference also contains the network running slower when the sampler's
-allocations interleave with its calls. Here the network costs nothing, so the time per step is the
-sampler's own work: pfode (prepared Sampler), k-diffusion (precomputed sigmas) and diffusers (one
+``benchmarks/overhead.py`` measures overhead as (sampling time) - (the same MLP replayed on the inputs
+that sampler gave it). Here the network costs nothing, so the time per step is the sampler's own work
+with no subtraction at all: pfode (prepared Sampler), k-diffusion (precomputed sigmas) and diffusers (one
 ``set_timesteps`` per call, as pipelines do). CPU time, one thread, NFE 20.
 
 Run: ``python benchmarks/sampler_cost.py``; writes ``benchmarks/results/sampler_cost.{json,png}``.
