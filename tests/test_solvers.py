@@ -336,6 +336,32 @@ def test_callback_and_trajectory():
     torch.testing.assert_close(seen[1]["x0_hat"], target.x0_eps(seen[1]["x"], seen[1]["t"], path)[0])
 
 
+def test_dopri5_callback_reports_every_attempt_per_sample():
+    path = paths.EDM()
+    target = analytic.GaussianMixture.random(2, 2, generator=torch.Generator().manual_seed(13))
+    den = target.denoiser(path)
+    x_T = torch.randn(4, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 80.0
+    x_T[2:] *= 0.05  # samples that take different steps
+    seen = []
+    solver = pfode.solvers.get("dopri5", rtol=1e-5, atol=1e-5)
+    out = pfode.sample(den, x_T, pfode.grid(path, 1), solver, callback=seen.append, return_info=True)
+    assert [s["i"] for s in seen] == list(range(len(seen)))
+    attempts = out.info["accepted_steps"] + out.info["rejected_steps"]
+    assert len(seen) == int(attempts.max()) + 1  # every attempt, then the denoising step
+    accepted = torch.stack([s["accepted"] for s in seen[:-1]]).sum(0)
+    assert torch.equal(accepted, out.info["accepted_steps"])
+    for s in seen[:-1]:
+        assert s["t"].shape == (4,) and bool((s["t"] <= s["t_prev"]).all())
+        assert torch.equal(s["t"] < s["t_prev"], s["accepted"])  # a sample moves exactly when it accepts
+        k = int(s["accepted"].nonzero()[0]) if bool(s["accepted"].any()) else 0
+        exact = target.x0_eps(s["x"][k : k + 1], float(s["t"][k]), path)[0]
+        torch.testing.assert_close(s["x0_hat"][k : k + 1], exact, rtol=1e-9, atol=1e-9)
+    assert len({tuple(s["accepted"].tolist()) for s in seen[:-1]}) > 1  # samples did not move in lockstep
+    last = seen[-1]
+    assert torch.equal(last["x"], out.x) and bool((last["t"] == path.t_lo).all())
+    assert torch.allclose(seen[-2]["t"], torch.full((4,), float(pfode.grid(path, 1)[-1]), dtype=torch.float64))
+
+
 # ----------------------------------------------------------------------------------------------
 # Bad input
 

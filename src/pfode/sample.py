@@ -183,7 +183,7 @@ class Sampler:
     ):
         check_state("x_T", x_T)
         if self.adaptive:
-            return self._adaptive(x_T, cond, return_trajectory, return_info, check_finite)
+            return self._adaptive(x_T, cond, callback, return_trajectory, return_info, check_finite)
         ev = self._evaluator(x_T, cond)
         noise = PerSampleNoise(x_T, generator) if self.solver.stochastic else None
         x, traj = self._loop(x_T, ev, noise, callback, return_trajectory, None)
@@ -224,9 +224,9 @@ class Sampler:
             )
         raise NonFiniteError(f"solver {name!r} produced non-finite values (the network's outputs were finite)")
 
-    def _adaptive(self, x_T, cond, return_trajectory, return_info, check_finite):
+    def _adaptive(self, x_T, cond, callback, return_trajectory, return_info, check_finite):
         g = self.grid
-        x, info = self.solver.sample(self.denoiser, x_T, float(g[0]), float(g[-1]), cond)
+        x, info = self.solver.sample(self.denoiser, x_T, float(g[0]), float(g[-1]), cond, callback=callback)
         nfe_used = info["nfe"]
         traj = [x_T, x] if return_trajectory else None
         times = [float(g[0]), float(g[-1])]
@@ -234,6 +234,18 @@ class Sampler:
             x = self._evaluator(x, cond)(x, len(self.grid) - 1)
             nfe_used += 1
             times.append(float(self.denoiser.path.t_lo))
+            if callback is not None:
+                t_prev = torch.full((x.shape[0],), times[1], dtype=torch.float64, device=x.device)
+                callback(
+                    {
+                        "i": info["attempts"],
+                        "t": torch.full_like(t_prev, times[2]),
+                        "t_prev": t_prev,
+                        "x": x,
+                        "x0_hat": x,
+                        "accepted": torch.ones_like(t_prev, dtype=torch.bool),
+                    }
+                )
             if traj is not None:
                 traj.append(x)
         if check_finite and not bool(torch.isfinite(x).all()):
@@ -307,7 +319,8 @@ def sample(
         denoise: finish with the denoising step ``x0_hat`` to zero noise after the grid's last time
             (one evaluation, counted in ``nfe``); ``False`` returns the state at the grid's last time.
         callback: called after each step with ``{"i", "t", "t_next", "x", "x0_hat"}`` (``x`` is the state
-            at ``t``; ``t`` values are host floats).
+            at ``t``; ``t`` values are host floats). ``dopri5`` calls it after every step attempt with
+            per-sample times instead (see :meth:`pfode.solvers.Dopri5.sample`).
         return_trajectory: also return the states at every grid time.
         return_info: return a :class:`SampleOutput` (samples, evaluations used, solver info).
         generator: seeds the per-sample noise streams of stochastic solvers.

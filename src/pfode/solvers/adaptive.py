@@ -60,11 +60,14 @@ class Dopri5(Solver):
     def plan(self, table):  # pragma: no cover - adaptive solvers run through integrate()
         raise ValueError("dopri5 is adaptive and runs through pfode.sample(); it has no fixed step plan")
 
-    def integrate(self, rhs, y: torch.Tensor, lam0, lam1, extra=None):
+    def integrate(self, rhs, y: torch.Tensor, lam0, lam1, extra=None, on_step=None):
         """Integrate ``dy/dlam = rhs(y, lam, extra)`` per sample from ``lam0`` to ``lam1`` (floats or ``[B]``).
 
         ``rhs`` returns ``(dy, dextra)``; ``extra`` is an optional ``[B]`` tensor integrated alongside
-        (e.g. a log-density) but not error-controlled. Returns ``(y, extra, info)``.
+        (e.g. a log-density) but not error-controlled. ``on_step(i, lam, lam_prev, y, dy, accepted)`` is
+        called after every attempt ``i`` with each sample's current ``lam`` and state, the ``lam`` it
+        stepped from, ``dy`` (the right-hand side there, known from FSAL) and which samples accepted.
+        Returns ``(y, extra, info)``.
         """
         b = y.shape[0]
         dev = y.device
@@ -93,6 +96,7 @@ class Dopri5(Solver):
             h = torch.where((d0 > 1e-5) & (d1 > 1e-5), 0.01 * d0 / d1.clamp_min(1e-300), torch.full_like(d0, 1e-6))
         accepted = torch.zeros(b, dtype=torch.long, device=dev)
         rejected = torch.zeros(b, dtype=torch.long, device=dev)
+        attempt = 0
         while True:
             remaining = (end - lam) * direction
             active = remaining > 1e-12 * (1.0 + end.abs())
@@ -124,17 +128,28 @@ class Dopri5(Solver):
             k1 = torch.where(okx, ks[6], k1)
             if ke1 is not None:
                 ke1 = torch.where(ok, kes[6], ke1)
+            lam_prev = lam
             lam = torch.where(ok, lam + hh, lam)
             accepted += ok.long()
             rejected += (active & ~ok).long()
+            if on_step is not None:
+                on_step(attempt, lam, lam_prev, y, k1, ok)
+            attempt += 1
             fac = torch.clamp(0.9 * err.clamp_min(1e-10) ** -0.2, 0.2, 10.0)
             fac = torch.where(ok, fac, torch.clamp(fac, max=1.0))
             h = torch.where(active, hh.abs() * fac, h)
-        info = {"nfe": evals, "accepted_steps": accepted.cpu(), "rejected_steps": rejected.cpu()}
+        info = {"nfe": evals, "attempts": attempt, "accepted_steps": accepted.cpu(), "rejected_steps": rejected.cpu()}
         return y, extra, info
 
-    def sample(self, den, x: torch.Tensor, t0: float, t1: float, cond=None):
-        """Solve the PF-ODE of ``den`` from path time ``t0`` to ``t1`` (both with ``0 < sigma``, ``alpha > 0``)."""
+    def sample(self, den, x: torch.Tensor, t0: float, t1: float, cond=None, callback=None):
+        """Solve the PF-ODE of ``den`` from path time ``t0`` to ``t1`` (both with ``0 < sigma``, ``alpha > 0``).
+
+        ``callback`` is called after every step attempt with ``{"i", "t", "t_prev", "x", "x0_hat",
+        "accepted"}``: as each sample keeps its own step size, ``t`` and ``t_prev`` are ``[B]`` float64
+        tensors (each sample's time now and before the attempt; equal where it was rejected or is done),
+        ``x`` the states at ``t``, ``x0_hat`` the denoiser there and ``accepted`` a ``[B]`` bool tensor.
+        (:func:`pfode.sample` adds one last call for its denoising step, with ``t`` at zero noise.)
+        """
         path = den.path
         l0, l1 = float(path.lam(t0)), float(path.lam(t1))
         if not (math.isfinite(l0) and math.isfinite(l1)):
@@ -152,8 +167,18 @@ class Dopri5(Solver):
             x0, _ = to_x0_eps(den.prediction, out, xx, c)
             return x0.to(dtype) - y, None
 
+        on_step = None
+        if callback is not None:
+
+            def on_step(i, lam, lam_prev, y, dy, ok):
+                t = path.t_of_lam(lam)
+                a = Coeffs.at(path, t, like=y).alpha
+                callback(
+                    {"i": i, "t": t, "t_prev": path.t_of_lam(lam_prev), "x": y * a, "x0_hat": dy + y, "accepted": ok}
+                )
+
         y = x / float(path.alpha(t0))
-        y, _, info = self.integrate(rhs, y, l0, l1)
+        y, _, info = self.integrate(rhs, y, l0, l1, on_step=on_step)
         return y * float(path.alpha(t1)), info
 
 
