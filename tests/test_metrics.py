@@ -215,3 +215,14 @@ def test_straightness_bad_input():
         straightness(torch.zeros(5, 2, 3), torch.linspace(1, 0, 4))
     with pytest.raises(ValueError, match="trajectory"):
         straightness(torch.zeros(1, 2, 3), torch.zeros(1))
+    with pytest.raises(ValueError, match=r"\[S\+1, B, \.\.\.\].*trajectory\[:, None\]"):
+        straightness(torch.zeros(5), torch.linspace(1, 0, 5))
+
+
+def test_mmd_needs_two_samples_per_set():
+    x = torch.randn(4, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="at least 2 samples in each set, got 1 and 4"):
+        mmd_rbf(x[:1], x)
+    with pytest.raises(ValueError, match="got 4 and 1"):
+        mmd_rbf(x, x[:1])
+    assert math.isfinite(mmd_rbf(x[:2], x[2:]))

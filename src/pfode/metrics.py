@@ -90,6 +90,8 @@ def mmd_rbf(x, y, bandwidth: float | None = None) -> float:
         bandwidth = float(d2[d2 > 0].median().sqrt()) if bool((d2 > 0).any()) else 1.0
     k = torch.exp(-d2 / (2 * bandwidth**2))
     n, m = x.shape[0], y.shape[0]
+    if n < 2 or m < 2:
+        raise ValueError(f"the unbiased MMD needs at least 2 samples in each set, got {n} and {m}")
     kxx, kyy, kxy = k[:n, :n], k[n:, n:], k[:n, n:]
     sxx = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
     syy = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
@@ -104,6 +106,11 @@ def straightness(trajectory: torch.Tensor, times) -> float:
     """
     traj = as_f64(trajectory)
     t = as_f64(times).to(traj.device)
+    if traj.dim() < 2:
+        raise ValueError(
+            f"trajectory must be [S+1, B, ...] (states along times, then the batch), got shape {tuple(traj.shape)}; "
+            "for one sample use trajectory[:, None]"
+        )
     if traj.shape[0] != t.shape[0] or t.shape[0] < 2:
         raise ValueError(
             f"trajectory has {traj.shape[0]} states but times has {t.shape[0]} (need >= 2, equal)"
