@@ -222,3 +222,15 @@ def test_nan_gradient_stops_before_the_update(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"gradient norm is nan at step 3.*step-00000002\.json"):
         tr.fit()
     assert all(torch.isfinite(p).all() for p in tr.model.parameters())
+
+
+def test_checkpoint_files_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        C.save_checkpoint(tmp_path / "ck", 1, {"w": torch.zeros(2)}, {"note": "x"})
+    finally:
+        os.umask(old)
+    for name in os.listdir(tmp_path / "ck"):
+        assert stat.S_IMODE(os.stat(tmp_path / "ck" / name).st_mode) == 0o644, name

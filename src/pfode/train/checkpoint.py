@@ -48,7 +48,15 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded: wrong format, wrong or missing keys, shapes or dtypes."""
 
 
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file under the current umask (``mkstemp`` uses 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _fsync_replace(tmp: str, dst: FsPath):
+    os.chmod(tmp, _file_mode())
     os.replace(tmp, dst)
     try:  # make the rename durable where the platform allows it
         fd = os.open(dst.parent, os.O_RDONLY)

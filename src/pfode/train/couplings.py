@@ -19,12 +19,12 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path as FsPath
 
 import torch
 
 from .._checks import check_choice, check_int
+from .checkpoint import atomic_write_bytes
 
 __all__ = [
     "COUPLINGS",
@@ -176,20 +176,6 @@ def get_coupling(name, **options) -> Coupling:
 # --- reflow pairs on disk -----------------------------------------------------------------------
 INDEX = "index.json"
 FORMAT = "pfode-reflow-pairs"
-
-
-def _atomic_write(path: FsPath, data: bytes):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _sha256(path: FsPath) -> str:
@@ -356,11 +342,11 @@ def generate_reflow_pairs(
             index["shards"].append({"batch": b, "file": name, "count": count, "sha256": _sha256(root / name)})
             index["shards"].sort(key=lambda s: s["batch"])
             index["complete"] = len(index["shards"]) == n_batches
-            _atomic_write(idx_path, json.dumps(index, indent=1).encode())
+            atomic_write_bytes(idx_path, json.dumps(index, indent=1).encode())
             bar.update(1)
     finally:
         bar.close()
     if not index["complete"]:  # every batch was already there but the flag was not set
         index["complete"] = len(index["shards"]) == n_batches
-        _atomic_write(idx_path, json.dumps(index, indent=1).encode())
+        atomic_write_bytes(idx_path, json.dumps(index, indent=1).encode())
     return PairStore(root)
