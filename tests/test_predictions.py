@@ -449,3 +449,24 @@ def test_denoiser_bad_x_and_t():
         den(torch.zeros(2, 3), torch.tensor([0.1, 0.2, 0.3]))
     with pytest.raises(ValueError, match="t must"):
         den(torch.zeros(2, 3), torch.zeros(2, 2))
+
+
+def test_package_exports_each_name_once_and_all_resolve():
+    assert len(pfode.__all__) == len(set(pfode.__all__))
+    assert all(hasattr(pfode, n) for n in pfode.__all__)
+
+
+def test_every_entry_point_rejects_a_bare_network_with_the_same_hint():
+    x = torch.zeros(2, 3)
+    net = lambda x, t: x  # noqa: E731
+    calls = [
+        lambda: pfode.sample(net, x, nfe=4),
+        lambda: pfode.Sampler(net, nfe=4),
+        lambda: pfode.log_likelihood(net, x),
+        lambda: pfode.invert(net, x, nfe=4),
+        lambda: pfode.adjoint_sample(net, x, nfe=4),
+        lambda: pfode.cfg(net, 2.0),
+    ]
+    for call in calls:
+        with pytest.raises(TypeError, match=r"denoiser must be a pfode\.Denoiser, got function; wrap your network"):
+            call()

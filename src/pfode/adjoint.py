@@ -35,7 +35,7 @@ import math
 
 import torch
 
-from ._checks import check_choice, check_int, check_state
+from ._checks import check_choice, check_denoiser, check_int, check_state
 from .grids import as_grid
 from .grids import grid as make_grid
 from .likelihood import x0_of_y
@@ -359,8 +359,7 @@ def adjoint_sample(
     Returns:
         the samples, shaped like ``x_T``, attached to the autograd graph.
     """
-    if not isinstance(denoiser, Denoiser):
-        raise TypeError(f"denoiser must be a pfode.Denoiser, got {type(denoiser).__name__}")
+    check_denoiser(denoiser)
     check_state("x_T", x_T)
     method = check_choice("method", method, ADJOINT_METHODS)
     s = _solver(solver, method)

@@ -29,15 +29,10 @@ from collections.abc import Callable
 
 import torch
 
-from ._checks import as_f64, check_finite_float
+from ._checks import as_f64, check_denoiser, check_finite_float
 from .predictions import Coeffs, Denoiser
 
 __all__ = ["cfg", "dynamic_thresholding", "threshold_x0", "classifier_guidance"]
-
-
-def _check_den(den):
-    if not isinstance(den, Denoiser):
-        raise TypeError(f"denoiser must be a pfode.Denoiser, got {type(den).__name__}")
 
 
 def _check_scale(name: str, scale) -> float:
@@ -138,7 +133,7 @@ def cfg(
         batched: evaluate both in one call on ``[x; x]`` (tensors concatenated along the batch; a batch-1
             tensor is expanded); falls back to two calls when the kwargs cannot be batched.
     """
-    _check_den(denoiser)
+    check_denoiser(denoiser)
     scale = _check_scale("scale", scale)
     if uncond is not None and not (isinstance(uncond, dict) or callable(uncond)):
         raise TypeError(
@@ -200,7 +195,7 @@ def dynamic_thresholding(
         max_value: cap on ``s`` (DPM-Solver++'s ``max_val``; ``bound`` gives static clipping).
         rescale: divide by ``s / bound`` after clipping (Imagen); ``False`` only clips.
     """
-    _check_den(denoiser)
+    check_denoiser(denoiser)
     percentile = check_finite_float("percentile", percentile)
     if not 0.0 < percentile <= 1.0:
         raise ValueError(f"percentile={percentile!r} must be in (0, 1]")
@@ -248,7 +243,7 @@ def classifier_guidance(
     The guided model's score is ``grad log p_t(x) + scale grad_x log p(y | x, t)``. ``net_keys`` names the
     ``cond`` entries the denoiser's network takes (default: all); the classifier receives all of them.
     """
-    _check_den(denoiser)
+    check_denoiser(denoiser)
     if not callable(log_prob):
         raise TypeError(f"log_prob must be callable as log_prob(x, t, **cond), got {type(log_prob).__name__}")
     scale = _check_scale("scale", scale)

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._checks import check_choice, check_finite_float, check_int, check_state
+from ._checks import check_choice, check_denoiser, check_finite_float, check_int, check_state
 from .grids import as_grid
 from .grids import grid as make_grid
 from .predictions import Denoiser
@@ -91,14 +91,6 @@ class RoundTrip:
     max_abs_err: float
     rel_err: float
     nfe: int
-
-
-def _check_den(den):
-    if not isinstance(den, Denoiser):
-        raise TypeError(
-            f"denoiser must be a pfode.Denoiser, got {type(den).__name__}; wrap your network with "
-            "pfode.Denoiser(net, path, prediction=...)"
-        )
 
 
 def _deterministic(solver) -> Solver:
@@ -237,7 +229,7 @@ def invert(
     Returns:
         the latents ``[B, ...]`` at the grid's first time, or an :class:`InversionOutput`.
     """
-    _check_den(denoiser)
+    check_denoiser(denoiser)
     check_state("x0", x0)
     method = check_choice("method", method, METHODS)
     s = _bdia_solver(solver) if method == "bdia" else _deterministic(solver)
@@ -305,7 +297,7 @@ def bdia_sample(
     Returns:
         the state at the grid's last time (or the denoised sample), shaped like ``x_T``.
     """
-    _check_den(denoiser)
+    check_denoiser(denoiser)
     check_state("x_T", x_T)
     s = _bdia_solver(solver)
     gamma = _check_gamma(gamma)

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._checks import as_f64, check_choice, check_finite_float, check_int, check_state
+from ._checks import as_f64, check_choice, check_denoiser, check_finite_float, check_int, check_state
 from .grids import as_grid
 from .predictions import Coeffs, Denoiser, to_x0_eps
 from .solvers.adaptive import _A as _DP_A
@@ -147,14 +147,6 @@ def x0_of_y(den: Denoiser, y: torch.Tensor, t: torch.Tensor, cond: dict | None) 
     out = den.raw(x, den.time_tensor(t, x), cond)
     x0, _ = to_x0_eps(den.prediction, out, x, c)
     return x0
-
-
-def _check_denoiser(denoiser):
-    if not isinstance(denoiser, Denoiser):
-        raise TypeError(
-            f"denoiser must be a pfode.Denoiser, got {type(denoiser).__name__}; wrap your network with "
-            "pfode.Denoiser(net, path, prediction=...)"
-        )
 
 
 def _check_x(x: torch.Tensor) -> torch.Tensor:
@@ -420,7 +412,7 @@ def log_likelihood(
     times. The ``-d r^2`` part of the log-density integrand is integrated in closed form
     (``-d/2 softplus(2 lam)``).
     """
-    _check_denoiser(denoiser)
+    check_denoiser(denoiser)
     _check_x(x)
     divergence = check_choice("divergence", divergence, DIVERGENCES)
     noise = check_choice("noise", noise, NOISES)
@@ -606,7 +598,7 @@ def bits_per_dim(
     Returns:
         a :class:`BitsPerDimOutput`.
     """
-    _check_denoiser(denoiser)
+    check_denoiser(denoiser)
     if not isinstance(x_uint8, torch.Tensor):
         raise TypeError(f"x_uint8 must be a torch.Tensor of 8-bit values, got {type(x_uint8).__name__}")
     if x_uint8.is_floating_point() or x_uint8.is_complex() or x_uint8.dtype == torch.bool:

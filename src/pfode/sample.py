@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._checks import check_int, check_state
+from ._checks import check_denoiser, check_int, check_state
 from .grids import as_grid
 from .grids import grid as make_grid
 from .predictions import Denoiser
@@ -137,11 +137,7 @@ class Sampler:
         t_end: float | None = None,
         denoise: bool = True,
     ):
-        if not isinstance(denoiser, Denoiser):
-            raise TypeError(
-                f"denoiser must be a pfode.Denoiser, got {type(denoiser).__name__}; wrap your network with "
-                "pfode.Denoiser(net, path, prediction=...)"
-            )
+        check_denoiser(denoiser)
         self.denoiser = denoiser
         solver = get(solver)
         self.grid, self.solver = _resolve_grid(denoiser, solver, grid, nfe, spacing, t_start, t_end, denoise)

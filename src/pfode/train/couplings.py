@@ -23,7 +23,7 @@ from pathlib import Path as FsPath
 
 import torch
 
-from .._checks import check_choice, check_int
+from .._checks import check_choice, check_denoiser, check_int
 from .checkpoint import atomic_write_bytes
 
 __all__ = [
@@ -273,12 +273,10 @@ def generate_reflow_pairs(
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    from ..predictions import Denoiser
     from ..sample import sample as pf_sample
     from ..solvers import get as get_solver
 
-    if not isinstance(teacher, Denoiser):
-        raise TypeError(f"teacher must be a pfode.Denoiser, got {type(teacher).__name__}")
+    check_denoiser(teacher, "teacher")
     check_int("n", n, 1)
     check_int("batch_size", batch_size, 1)
     if (nfe is None) == (grid is None):
