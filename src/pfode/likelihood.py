@@ -13,20 +13,25 @@ of ``x`` and ``y`` (``log p_x(x) = log p_y(x / alpha) - d log alpha``) gives
     log p_{t_min}(x) = log prior(x_T) + d log alpha(t_max) - d log alpha(t_min) + e(lam(t_max)).
 
 In ``lam`` the ODE is the same on every path (only the range of ``lam`` differs). The solver does not
-step ``y`` itself, which varies like ``e^{-lam}`` at the noise end and would cap the steps of an adaptive
-method there, but the VP-scaled state ``u = r y`` with ``r = sqrt(sigmoid(2 lam))`` (the ``x`` of the VP
-path with the same ``lam``), in the time ``tau = asinh(e^lam)`` (``d lam / d tau = 1/r``):
+step ``y`` in ``lam`` itself: ``y`` varies like ``e^{-lam}`` at the noise end, and ``lam`` stretches the
+nearly linear data end. It steps the state of the trigonometric path with the same ``lam``,
 
-    du/dtau = x0_hat - r u,        de/dtau = div_y x0_hat / r      (+ the closed-form part of -d r^2),
+    w = cos(theta) y = cos(theta) x0 + sin(theta) eps,      theta = atan(e^{-lam}) in (0, pi/2),
 
-which is nearly constant at both ends (``tau ~ lam`` near the data, ``tau ~ alpha/sigma`` near the noise),
-so adaptive steps grow there; the densities convert with ``log p_x = log p_u + d log(r / alpha)``. The
+whose velocity and log-density rate
+
+    dw/dtheta = v = cos(theta) eps_hat - sin(theta) x0_hat,      d log p_w / dtheta = -div_w v,
+
+are bounded at both ends on every path (``v`` moves from ``eps_hat`` at the data end to ``-x0_hat`` at
+the noise end, and ``div_w v`` from about ``d tan(theta)`` to ``-d``): no part of the integrand is
+singular, nothing is integrated in closed form, and the adaptive steps are spent where the network's
+output changes. The densities convert with ``log p_x = log p_w + d log(cos(theta) / alpha)``. The
 adaptive solver is Dormand-Prince 5(4) (the tableau of :class:`pfode.solvers.Dopri5`) with the
-log-density inside the error norm and a PI step-size controller.
+log-density inside the error norm (to ``atol`` nats per dimension) and a PI step-size controller.
 
-The divergence is exact (one vector-Jacobian product per element, batched with ``is_grads_batched``,
-for any tensor shape) or Hutchinson's estimate ``v^T (d x0_hat / dy) v`` with ``probes`` Rademacher or
-Gaussian vectors fixed for the whole solve.
+The divergence of ``v`` is exact (one vector-Jacobian product per element, batched with
+``is_grads_batched``, for any tensor shape) or Hutchinson's estimate ``z^T (dv / dw) z`` with ``probes``
+Rademacher or Gaussian vectors ``z`` fixed for the whole solve.
 
 Samples must be processed independently by the network (no batch statistics): the divergence is
 computed from gradients of batch sums.
@@ -149,6 +154,22 @@ def x0_of_y(den: Denoiser, y: torch.Tensor, t: torch.Tensor, cond: dict | None) 
     return x0
 
 
+def trig_velocity(den: Denoiser, w: torch.Tensor, theta: torch.Tensor, cond: dict | None) -> torch.Tensor:
+    """``dw/dtheta = cos(theta) eps_hat - sin(theta) x0_hat`` at per-sample ``theta`` (``[B]`` float64).
+
+    ``w = cos(theta) x / alpha(t)`` is the state of the trigonometric path with the same ``lam`` as the
+    path time ``t`` (``tan(theta) = sigma / alpha``), so the network sees ``x = sqrt(alpha^2 + sigma^2) w``.
+    Differentiable in ``w``.
+    """
+    t = den.path.t_of_lam(-torch.log(torch.tan(theta)))
+    c = Coeffs.at(den.path, t, like=w)
+    view = (-1,) + (1,) * (w.dim() - 1)
+    x = w * torch.hypot(den.path.alpha(t), den.path.sigma(t)).reshape(view).to(w.dtype)
+    out = den.raw(x, den.time_tensor(t, x), cond)
+    x0, eps = to_x0_eps(den.prediction, out, x, c)
+    return torch.cos(theta).reshape(view).to(w.dtype) * eps - torch.sin(theta).reshape(view).to(w.dtype) * x0
+
+
 def _check_x(x: torch.Tensor) -> torch.Tensor:
     check_state("x", x)
     if x.dim() < 2:
@@ -238,13 +259,13 @@ def _probes(x, k, noise, generator):
     return v.to(device=x.device, dtype=x.dtype)
 
 
-def _lam_of_tau(tau: torch.Tensor) -> torch.Tensor:
-    """``lam = log(sinh(tau))``, stable for large ``tau``."""
-    return tau + torch.log(-torch.expm1(-2.0 * tau)) - math.log(2.0)
+def _theta(path, t: float) -> float:
+    """``theta = atan(sigma / alpha)`` of path time ``t`` (in ``(0, pi/2)`` where both are positive)."""
+    return math.atan2(float(path.sigma(t)), float(path.alpha(t)))
 
 
 def _rk_integrate(rk: RK, rhs, u, e, lams):
-    """Fixed-step explicit Runge-Kutta (the tableau of ``rk``) in ``lam`` through the values ``lams``."""
+    """Fixed-step explicit Runge-Kutta (the tableau of ``rk``) through the times ``lams`` (of ``theta``)."""
     b = u.shape[0]
     nfe = 0
     for l0, l1 in zip(lams[:-1], lams[1:]):
@@ -272,29 +293,31 @@ def _dopri5_augmented(
     rhs,
     u,
     e,
-    lam0: float,
-    lam1: float,
+    th0: float,
+    th1: float,
     rtol: float,
     atol: float,
     h0: float,
     max_evals: int,
     control: str,
-    control_e: bool = True,
+    e_scale: float | None = None,
 ):
     """Dormand-Prince 5(4) (the tableau of :class:`pfode.solvers.Dopri5`) on the augmented state ``(u, e)``.
 
-    Unlike ``Dopri5.integrate`` the log-density ``e`` ([K, B]) is error-controlled too: the error norm of a
-    sample is ``max(RMS over u, max over probes of |err_e| / (atol + rtol |e|))`` (``control_e=False``: the
-    RMS over ``u`` alone, so that the steps do not depend on Hutchinson probes). ``control="sample"``
-    accepts or rejects each sample's step on its own error (a sample's result does not depend on the
-    batch); ``"batch"`` uses the RMS of the per-sample norms (one step size for the batch, as torchdiffeq).
-    A PI step-size controller (Gustafsson) limits rejections.
+    Unlike ``Dopri5.integrate`` the log-density ``e`` ([K, B]) is error-controlled too, to an absolute
+    ``atol * e_scale`` nats (``e_scale = d``: ``atol`` nats per dimension, the unit the likelihood is judged
+    in; a tolerance relative to ``|e|`` would depend on the integration variable, which shifts ``e`` by a
+    known constant): the error norm of a sample is ``max(RMS over u, max over probes of |err_e| /
+    (atol e_scale))`` (``e_scale=None``: the RMS over ``u`` alone, so that the steps do not depend on
+    Hutchinson probes). ``control="sample"`` accepts or rejects each sample's step on its own error (a
+    sample's result does not depend on the batch); ``"batch"`` uses the RMS of the per-sample norms (one
+    step size for the batch, as torchdiffeq). A PI step-size controller (Gustafsson) limits rejections.
     """
     b = u.shape[0]
     dev = u.device
     view = (-1,) + (1,) * (u.dim() - 1)
-    lam = torch.full((b,), lam0, dtype=torch.float64, device=dev)
-    direction = 1.0 if lam1 > lam0 else -1.0
+    th = torch.full((b,), th0, dtype=torch.float64, device=dev)
+    direction = 1.0 if th1 > th0 else -1.0
     h = torch.full((b,), h0, dtype=torch.float64, device=dev)
     prev_err = torch.ones(b, dtype=torch.float64, device=dev)
     accepted = torch.zeros(b, dtype=torch.long, device=dev)
@@ -310,11 +333,11 @@ def _dopri5_augmented(
             )
         return rhs(uu, ll, ee)
 
-    k1, ke1 = f(u, lam, e)
-    span = abs(lam1 - lam0)
+    k1, ke1 = f(u, th, e)
+    span = abs(th1 - th0)
     while True:
-        remaining = (lam1 - lam) * direction
-        active = remaining > 1e-12 * (1.0 + abs(lam1))
+        remaining = (th1 - th) * direction
+        active = remaining > 1e-12 * (1.0 + abs(th1))
         if not bool(active.any()):
             break
         hh = torch.where(active, torch.minimum(h, remaining), torch.zeros_like(h)) * direction
@@ -326,17 +349,17 @@ def _dopri5_augmented(
                 if a != 0.0:
                     ui = ui + (a * hx) * kj
                     ei = ei + (a * hh) * kej
-            ki, kei = f(ui, lam + _DP_C[i] * hh, ei)
+            ki, kei = f(ui, th + _DP_C[i] * hh, ei)
             ks.append(ki)
             kes.append(kei)
         u5, e5 = ui, ei  # FSAL: stage 7 is evaluated at the 5th-order solution
         err_u = sum((c * hx) * k for c, k in zip(_DP_E, ks) if c != 0.0)
         err_e = sum((c * hh) * k for c, k in zip(_DP_E, kes) if c != 0.0)
         sc_u = atol + rtol * torch.maximum(u.abs(), u5.abs())
-        sc_e = atol + rtol * torch.maximum(e.abs(), e5.abs())
         n_u = ((err_u / sc_u) ** 2).reshape(b, -1).mean(1).to(torch.float64)
-        n_e = ((err_e / sc_e) ** 2).amax(0)
-        err = torch.sqrt(torch.maximum(n_u, n_e) if control_e else n_u)
+        if e_scale is not None:
+            n_u = torch.maximum(n_u, (err_e / (atol * e_scale)).square().amax(0))
+        err = torch.sqrt(n_u)
         if control == "batch":
             err = torch.sqrt((err[active] ** 2).mean()).expand(b)
         ok = (err <= 1.0) & active
@@ -345,7 +368,7 @@ def _dopri5_augmented(
         e = torch.where(ok, e5, e)
         k1 = torch.where(okx, ks[6], k1)
         ke1 = torch.where(ok, kes[6], ke1)
-        lam = torch.where(ok, lam + hh, lam)
+        th = torch.where(ok, th + hh, th)
         accepted += ok.long()
         rejected += (active & ~ok).long()
         ec = err.clamp_min(1e-10)
@@ -374,7 +397,7 @@ def log_likelihood(
     t_max: float | None = None,
     max_evals: int = 100_000,
     control: str = "sample",
-    h0: float = 0.5,
+    h0: float = 0.05,
 ) -> LikelihoodOutput:
     """Per-sample ``log p_{t_min}(x)`` in nats under the PF-ODE of ``denoiser``.
 
@@ -382,10 +405,10 @@ def log_likelihood(
         denoiser: a :class:`pfode.Denoiser` (any path, prediction type, tensor shape).
         x: ``[B, ...]`` states at ``t_min`` (data slightly noised to ``t_min``; use ``t_min`` near the
             path's zero-noise end).
-        solver: ``"dopri5"`` (default without a grid): Dormand-Prince 5(4) in ``lam``, adaptive, with
+        solver: ``"dopri5"`` (default without a grid): Dormand-Prince 5(4) in ``theta``, adaptive, with
             ``rtol``/``atol`` on the state and (exact divergence) the log-density; or a Runge-Kutta
             solver ``"euler"``, ``"heun"``, ``"midpoint"``, ``"rk4"`` (default with a grid) stepping in
-            ``lam`` between the grid's times.
+            ``theta`` between the grid's times.
         grid: a decreasing time grid from ``t_max`` to ``t_min`` (e.g. ``pfode.grid(path, n)``) for
             fixed-step solvers; it must span exactly ``[t_min, t_max]``.
         divergence: ``"exact"`` (one vector-Jacobian product per element) or ``"hutchinson"``.
@@ -403,14 +426,14 @@ def log_likelihood(
         control: ``dopri5`` step control: ``"sample"`` (each sample accepts or rejects its steps on its own
             error; results do not depend on the batch) or ``"batch"`` (one step size for the batch from
             the RMS of the samples' errors, as torchdiffeq: fewer batched evaluations, batch-dependent).
-        h0: first ``dopri5`` step in ``lam``.
+        h0: first ``dopri5`` step in ``theta = atan(sigma/alpha)`` (which spans less than ``pi/2``).
     Returns:
         a :class:`LikelihoodOutput`.
 
-    The state integrated is ``u = y / sqrt(1 + e^{-2 lam})`` (the VP path's ``x`` at the same ``lam``) in
-    the time ``tau = asinh(e^lam)`` (module docs); fixed grids are stepped between the ``tau`` of their
-    times. The ``-d r^2`` part of the log-density integrand is integrated in closed form
-    (``-d/2 softplus(2 lam)``).
+    The state integrated is ``w = cos(theta) x / alpha`` (the trigonometric path's state at the same
+    ``lam``) in the time ``theta = atan(sigma/alpha)`` (module docs); fixed grids are stepped between the
+    ``theta`` of their times. With the exact divergence ``dopri5`` controls the log-density to ``atol``
+    nats per dimension per step besides ``u`` to ``rtol``/``atol``.
     """
     check_denoiser(denoiser)
     _check_x(x)
@@ -430,66 +453,52 @@ def log_likelihood(
 
     d = x[0].numel()
     k = probes if divergence == "hutchinson" else 1
-    v = _probes(x, k, noise, generator) if divergence == "hutchinson" else None
+    z = _probes(x, k, noise, generator) if divergence == "hutchinson" else None
     counter = {"n": 0}
 
-    def rhs(u, tau, e_):
+    def rhs(w, theta, e_):
         counter["n"] += 1
         if counter["n"] == 1:  # the first evaluation turns the network's shape errors into a ValueError
-            return _first_eval(lambda: _rhs(u, tau, e_), "x", x)
-        return _rhs(u, tau, e_)
+            return _first_eval(lambda: _rhs(w, theta, e_), "x", x)
+        return _rhs(w, theta, e_)
 
-    def _rhs(u, tau, _e):
-        tau = tau.to(torch.float64)
-        lam = _lam_of_tau(tau)
-        t = path.t_of_lam(lam)
-        r = torch.tanh(tau)  # alpha of the VP path at this lam
-        rv = r.reshape((-1,) + (1,) * (u.dim() - 1)).to(u.dtype)
+    def _rhs(w, theta, _e):
+        theta = theta.to(torch.float64)
         with torch.enable_grad():
-            yy = (u.detach() / rv).requires_grad_(True)
-            x0 = x0_of_y(denoiser, yy, t, cond)
+            ww = w.detach().requires_grad_(True)
+            v = trig_velocity(denoiser, ww, theta, cond)
             if divergence == "exact":
-                div = exact_divergence(x0, yy)[None]
+                div = exact_divergence(v, ww)[None]
             else:
-                div = hutchinson_divergence(x0, yy, v)
-        return (x0.detach() - rv * u).to(u.dtype), div / r
+                div = hutchinson_divergence(v, ww, z)
+        return v.detach().to(w.dtype), div
 
     a0, a1 = float(path.alpha(t0)), float(path.alpha(t1))
-    r0, r1 = (
-        math.sqrt(torch.sigmoid(torch.tensor(2.0 * l0, dtype=torch.float64))),
-        math.sqrt(torch.sigmoid(torch.tensor(2.0 * l1, dtype=torch.float64))),
-    )
-    u = x.detach() * (r0 / a0)
+    th0, th1 = _theta(path, t0), _theta(path, t1)
+    c0, c1 = math.cos(th0), math.cos(th1)
+    w = x.detach() * (c0 / a0)
     e = torch.zeros(k, x.shape[0], dtype=torch.float64, device=x.device)
-    tau0, tau1 = math.asinh(math.exp(l0)), math.asinh(math.exp(l1))
     info: dict = {"t_min": t0, "t_max": t1, "solver": s.name}
     if isinstance(s, Dopri5):
-        u, e, dinfo = _dopri5_augmented(
-            rhs, u, e, tau0, tau1, rtol, atol, h0, max_evals, control, control_e=divergence == "exact"
+        w, e, dinfo = _dopri5_augmented(
+            rhs, w, e, th0, th1, rtol, atol, h0, max_evals, control, e_scale=d if divergence == "exact" else None
         )
         info.update(dinfo)
     else:
-        taus = torch.asinh(torch.exp(path.lam(g.flip(0)))).tolist()
-        taus[0], taus[-1] = tau0, tau1
-        u, e, _ = _rk_integrate(s, rhs, u, e, taus)
-        info["steps"] = len(taus) - 1
+        ths = [_theta(path, float(tt)) for tt in g.flip(0)]
+        ths[0], ths[-1] = th0, th1
+        w, e, _ = _rk_integrate(s, rhs, w, e, ths)
+        info["steps"] = len(ths) - 1
     nfe = counter["n"]
-    x_T = u * (a1 / r1)
+    x_T = w * (a1 / c1)
     prior_fn = gaussian_prior(float(path.sigma(t1))) if prior is None else prior
     lp_prior = as_f64(prior_fn(x_T)).reshape(-1)
     if lp_prior.shape[0] != x.shape[0]:
         raise ValueError(f"prior returned shape {tuple(lp_prior.shape)}, expected [B] = [{x.shape[0]}]")
     lp_prior = lp_prior.to(x.device)
-    sp = torch.nn.functional.softplus
-    closed = (
-        -0.5
-        * d
-        * float(
-            sp(torch.tensor(2.0 * l1, dtype=torch.float64)) - sp(torch.tensor(2.0 * l0, dtype=torch.float64))
-        )
-    )
-    # log p_x(x0) = log p_u(u0) - d log(a0/r0);  log p_u(u1) = log prior(x_T) + d log(a1/r1)
-    per_probe = lp_prior[None] + d * (math.log(a1 / r1) - math.log(a0 / r0)) + closed + e  # [K, B]
+    # log p_x(x) = log p_w(w0) + d log(c0/a0);  log p_w(w0) = log p_w(w1) + int div_w v;
+    # log p_w(w1) = log prior(x_T) + d log(a1/c1)
+    per_probe = lp_prior[None] + d * (math.log(a1 / c1) + math.log(c0 / a0)) + e  # [K, B]
     logp = per_probe.mean(0)
     stderr = None
     if divergence == "hutchinson":
