@@ -10,7 +10,7 @@ import torch
 import pfode
 from pfode import paths as P
 from pfode.analytic import GaussianMixture
-from pfode.likelihood import bits_per_dim, exact_divergence, log_likelihood
+from pfode.likelihood import bits_per_dim, exact_divergence, log_likelihood, trig_velocity
 from pfode.predictions import Coeffs, from_x0_eps
 
 
@@ -92,6 +92,26 @@ def test_dopri5_accuracy_per_evaluation(path):
     print(f"{path!r}: mean {float(err.mean()):.1e}, max {float(err.max()):.1e} nats/dim, {out.nfe} evaluations")
     assert float(err.mean()) < 3e-5 and float(err.max()) < 2e-4
     assert out.nfe <= 100
+
+
+@pytest.mark.parametrize("path", [P.VP(), P.EDM(), P.Linear()], ids=["vp", "edm", "linear"])
+def test_trig_velocity_and_its_divergence_stay_bounded_at_both_ends(path):
+    """The integrand in theta has no singular part: |v| stays O(1) and div_w v vanishes like theta at the
+    data end and like cos(theta) at the noise end (in lam or t it grows like e^{-lam} or 1/sigma)."""
+    den = GMM8.denoiser(path)
+    w = torch.randn(3, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+
+    def div_at(theta):
+        ww = w.clone().requires_grad_(True)
+        v = trig_velocity(den, ww, torch.full((3,), theta, dtype=torch.float64), None)
+        assert torch.isfinite(v).all() and float(v.detach().abs().max()) < 10.0
+        return exact_divergence(v, ww)
+
+    for near in (0.0, math.pi / 2):  # div(near +- 1e-4) = div(near +- 1e-3) / 10: vanishes linearly
+        sign = 1.0 if near == 0.0 else -1.0
+        a, b = div_at(near + sign * 1e-4), div_at(near + sign * 1e-3)
+        assert float(b.abs().min()) > 0.0
+        assert torch.allclose(a * 10.0, b, rtol=0.02, atol=0.0), (near, a, b)
 
 
 def test_default_prior_is_the_noise_gaussian():

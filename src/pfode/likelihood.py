@@ -22,12 +22,13 @@ whose velocity and log-density rate
 
     dw/dtheta = v = cos(theta) eps_hat - sin(theta) x0_hat,      d log p_w / dtheta = -div_w v,
 
-are bounded at both ends on every path (``v`` moves from ``eps_hat`` at the data end to ``-x0_hat`` at
-the noise end, and ``div_w v`` from about ``d tan(theta)`` to ``-d``): no part of the integrand is
-singular, nothing is integrated in closed form, and the adaptive steps are spent where the network's
-output changes. The densities convert with ``log p_x = log p_w + d log(cos(theta) / alpha)``. The
-adaptive solver is Dormand-Prince 5(4) (the tableau of :class:`pfode.solvers.Dopri5`) with the
-log-density inside the error norm (to ``atol`` nats per dimension) and a PI step-size controller.
+are bounded on every path (``v`` moves from ``eps_hat`` at the data end to ``-x0_hat`` at the noise end,
+and ``div_w v`` vanishes at both ends, like ``theta`` at the data end and like ``cos(theta)`` at the noise
+end): no part of the integrand is singular, nothing is integrated in closed form, and the adaptive steps
+are spent where the network's output changes. The densities convert with
+``log p_x = log p_w + d log(cos(theta) / alpha)``. The adaptive solver is Dormand-Prince 5(4) (the tableau
+of :class:`pfode.solvers.Dopri5`) with the log-density inside the error norm (to ``atol`` nats per
+dimension) and a PI step-size controller.
 
 The divergence of ``v`` is exact (one vector-Jacobian product per element, batched with
 ``is_grads_batched``, for any tensor shape) or Hutchinson's estimate ``z^T (dv / dw) z`` with ``probes``
