@@ -35,6 +35,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent
@@ -168,18 +169,11 @@ def first_reaching(rows, level):
 
 def fitted_reaching(rows, level):
     """Evaluations where the least-squares line of log(err) on log(nfe) crosses ``level``."""
-    pts = [(math.log(r["nfe"]), math.log(r["err"])) for r in rows if 3e-6 < r["err"] < 3e-2]
-    if len(pts) < 3:
+    pts = np.log([(r["nfe"], r["err"]) for r in rows if 3e-6 < r["err"] < 3e-2])
+    if len(pts) < 3 or np.ptp(pts[:, 0]) == 0.0:
         return None
-    mx = sum(p[0] for p in pts) / len(pts)
-    my = sum(p[1] for p in pts) / len(pts)
-    sxx = sum((p[0] - mx) ** 2 for p in pts)
-    if sxx == 0.0:
-        return None
-    slope = sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx
-    if slope >= 0.0:
-        return None
-    return round(math.exp(mx + (math.log(level) - my) / slope), 1)
+    slope, icpt = np.polyfit(pts[:, 0], pts[:, 1], 1)
+    return round(math.exp((math.log(level) - icpt) / slope), 1) if slope < 0.0 else None
 
 
 def main():

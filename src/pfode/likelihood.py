@@ -165,7 +165,7 @@ def trig_velocity(den: Denoiser, w: torch.Tensor, theta: torch.Tensor, cond: dic
     t = den.path.t_of_lam(-torch.log(torch.tan(theta)))
     c = Coeffs.at(den.path, t, like=w)
     view = (-1,) + (1,) * (w.dim() - 1)
-    x = w * torch.hypot(den.path.alpha(t), den.path.sigma(t)).reshape(view).to(w.dtype)
+    x = w * torch.hypot(c.alpha, c.sigma)
     out = den.raw(x, den.time_tensor(t, x), cond)
     x0, eps = to_x0_eps(den.prediction, out, x, c)
     return torch.cos(theta).reshape(view).to(w.dtype) * eps - torch.sin(theta).reshape(view).to(w.dtype) * x0
