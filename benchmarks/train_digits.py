@@ -37,8 +37,8 @@ from train_common import RESULTS, Timer, setup, table, write_json  # noqa: E402
 from pfode import metrics  # noqa: E402
 from pfode.data import digits  # noqa: E402
 from pfode.nets import UNet  # noqa: E402
+from pfode.plots import image_grid  # noqa: E402
 from pfode.train import Consistency, DenoisingScoreMatching, Trainer  # noqa: E402
-from pfode.train.plots import image_grid  # noqa: E402
 
 
 class Classifier(nn.Module):
@@ -117,7 +117,7 @@ def main(argv=None):
     torch.manual_seed(0)
     teacher_obj = DenoisingScoreMatching("cosine", "eps", weighting="min-snr", gamma=5.0)
     cfg = dict(
-        steps=steps_t,
+        iterations=steps_t,
         batch_size=128,
         lr=2e-3,
         warmup_steps=100,
@@ -152,7 +152,7 @@ def main(argv=None):
     )
     torch.manual_seed(1)
     student_net = UNet((1, 8, 8), **unet, log_time=True, time_scale=250.0)
-    student = Trainer(student_net, cd, train_x, {**cfg, "steps": steps_c, "lr": 1e-3, "ema_decay": 0.998})
+    student = Trainer(student_net, cd, train_x, {**cfg, "iterations": steps_c, "lr": 1e-3, "ema_decay": 0.998})
     with Timer() as ts:
         student.fit(save_final=False)
     cons = {}
@@ -174,7 +174,7 @@ def main(argv=None):
     )
     print(table(rows, ["model", "NFE", "FD-digits"]))
 
-    from pfode.train.plots import _figure
+    from pfode.plots import _figure
 
     keys = [
         "teacher dpm++2m 10 NFE",
@@ -186,7 +186,7 @@ def main(argv=None):
     panels = [("real digits", x[:64])] + [(k, samples[k][:64]) for k in keys]
     for j, (k, imgs) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), j + 1)
-        ax.imshow(image_grid(imgs).numpy()[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(image_grid(imgs)[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(k, fontsize=9)
         ax.axis("off")
     fig.tight_layout()

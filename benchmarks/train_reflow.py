@@ -40,9 +40,9 @@ import pfode  # noqa: E402
 from pfode import metrics  # noqa: E402
 from pfode.data import toy2d  # noqa: E402
 from pfode.nets import MLP  # noqa: E402
+from pfode.plots import save_trajectories  # noqa: E402
 from pfode.solvers import get as get_solver  # noqa: E402
 from pfode.train import FlowMatching, MinibatchOT, Paired, Trainer, generate_reflow_pairs  # noqa: E402
-from pfode.train.plots import save_trajectories  # noqa: E402
 
 NFES = (1, 2, 4, 8, 100)
 N_EVAL = 2000
@@ -81,7 +81,7 @@ def train(obj, data, steps, lr, init=None, seed=0, width=128):
     if init is not None:
         net.load_state_dict(init.state_dict())
     cfg = dict(
-        steps=steps,
+        iterations=steps,
         batch_size=512,
         lr=lr,
         warmup_steps=200,

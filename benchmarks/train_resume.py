@@ -40,7 +40,7 @@ def config(steps):
         "model": {"name": "mlp", "width": 128, "depth": 3, "time_dim": 32},
         "objective": {"name": "flow-matching", "coupling": "minibatch-ot", "time_sampler": "logit-normal"},
         "train": {
-            "steps": steps,
+            "iterations": steps,
             "batch_size": 256,
             "lr": 2e-3,
             "warmup_steps": 50,
@@ -56,8 +56,8 @@ def config(steps):
 
 
 def cmd(cfg_path, out, resume=False):
-    c = [sys.executable, "-m", "pfode.train", "--config", str(cfg_path), "--out", str(out)]
-    return c + (["--resume"] if resume else [])
+    c = [sys.executable, "-m", "pfode.train", str(cfg_path), "--out", str(out)]
+    return c + (["--resume", str(out)] if resume else [])
 
 
 def losses(out):

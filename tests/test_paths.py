@@ -431,3 +431,71 @@ def test_get_path_unknown_name_lists_valid_names():
         assert name in str(e.value)
     with pytest.raises(TypeError, match="path"):
         P.get_path(3)
+
+
+# ---------------------------------------------------------------------------------------------
+# descriptions: spec() / from_spec()
+# ---------------------------------------------------------------------------------------------
+
+# every described path class, with constructor arguments away from their defaults
+NON_DEFAULT = {
+    "vp": lambda: P.VP(beta_min=0.2, beta_max=12.0, t_min=2e-3, t_max=0.95),
+    "subvp": lambda: P.SubVP(beta_min=0.05, beta_max=15.0, t_min=5e-3, t_max=0.9),
+    "cosine": lambda: P.VPCosine(s=0.01, t_min=3e-3, t_max=0.98),
+    "ddpm": lambda: P.VPDiscrete.ddpm(200, beta_start=2e-4, beta_end=0.03),
+    "vp-discrete-table": lambda: P.VPDiscrete(alphas_cumprod=torch.linspace(0.999, 0.01, 50) ** 1.5),
+    "vp-discrete-betas": lambda: P.VPDiscrete(betas=torch.linspace(1e-3, 0.05, 40, dtype=torch.float32)),
+    "ve": lambda: P.VE(sigma_min=0.02, sigma_max=30.0),
+    "edm": lambda: P.EDM(sigma_min=0.005, sigma_max=60.0),
+    "linear": lambda: P.Linear(t_min=0.01, t_max=0.97),
+    "trig": lambda: P.Trig(t_min=0.02, t_max=0.96),
+}
+
+
+def test_every_named_path_class_is_covered_by_the_spec_tests():
+    made = {type(make()) for make in NON_DEFAULT.values()}
+    classes = {c for c in vars(P).values() if isinstance(c, type) and issubclass(c, P.Path)}
+    assert classes - made == {P.Path, P.Affine}
+
+
+@pytest.mark.parametrize("name", list(NON_DEFAULT))
+def test_spec_round_trips_exactly_through_json(name):
+    import json
+
+    path = NON_DEFAULT[name]()
+    spec = path.spec()
+    text = json.dumps(spec)  # JSON-serialisable
+    back = P.from_spec(json.loads(text))
+    assert type(back) is type(path) and back.spec() == spec
+    assert (back.t_min, back.t_max, back.t_lo, back.t_hi) == (path.t_min, path.t_max, path.t_lo, path.t_hi)
+    t = torch.linspace(path.t_min, min(path.t_max, 1.0), 97, dtype=torch.float64)
+    for fn in ("alpha", "sigma", "lam", "d_alpha", "d_sigma"):
+        assert torch.equal(getattr(back, fn)(t), getattr(path, fn)(t)), fn
+    assert P.Path.from_spec(spec).spec() == spec and P.get_path(spec).spec() == spec
+    defaults = type(path) if name not in ("ddpm", "vp-discrete-table", "vp-discrete-betas") else None
+    if defaults is not None:  # the arguments matter: a default path has another description
+        assert defaults().spec() != spec
+
+
+def test_ddpm_tables_are_described_compactly():
+    assert P.VPDiscrete.ddpm(1000).spec() == {"name": "ddpm", "n": 1000, "beta_start": 1e-4, "beta_end": 0.02}
+    table = P.VPDiscrete(betas=torch.linspace(1e-4, 0.02, 10, dtype=torch.float64))
+    assert table.spec()["name"] == "vp-discrete" and len(table.spec()["alphas_cumprod"]) == 10
+
+
+def test_affine_paths_cannot_be_described():
+    with pytest.raises(ValueError, match="user functions.*cannot be described as JSON"):
+        PATHS["affine-autograd"].spec()
+
+
+def test_from_spec_names_bad_keys_and_names():
+    with pytest.raises(ValueError, match=r"key 'beta' is unknown for 'vp'; valid keys: name, beta_min, beta_max"):
+        P.from_spec({"name": "vp", "beta": 1.0})
+    with pytest.raises(ValueError, match="has no 'name'; valid names: .*cosine"):
+        P.from_spec({"t_min": 0.1})
+    with pytest.raises(ValueError, match="name='nope' is unknown; valid names: .*trig"):
+        P.from_spec({"name": "nope"})
+    with pytest.raises(ValueError, match="alphas_cumprod"):
+        P.from_spec({"name": "vp-discrete", "alphas_cumprod": [0.5, 0.9]})  # not decreasing
+    with pytest.raises(TypeError, match="must be a dict"):
+        P.from_spec("vp")

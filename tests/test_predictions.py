@@ -470,3 +470,100 @@ def test_every_entry_point_rejects_a_bare_network_with_the_same_hint():
     for call in calls:
         with pytest.raises(TypeError, match=r"denoiser must be a pfode\.Denoiser, got function; wrap your network"):
             call()
+
+
+# ---------------------------------------------------------------------------------------------
+# prediction objects, x0_at, descriptions
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", PREDICTIONS)
+@pytest.mark.parametrize("name", ["vp", "ddpm", "edm", "linear", "affine"])
+def test_fast_float_x0_matches_the_tensor_conversion(name, kind):
+    from pfode.predictions import get_prediction
+
+    path, t = PATHS[name], interior_t(name, 0.37)
+    x0, eps = rand_pair(5)
+    a, s, da, ds = coefficients(path, t)
+    out = target_of(kind, x0, eps, a, s, da, ds)
+    x = a * x0 + s * eps
+    pred = get_prediction(kind)
+    assert pred.name == kind and get_prediction(pred) is pred
+    fast = pred.x0(out.clone(), x, a, s, da, ds)
+    assert_close(fast, pred.to_x0_eps(out, x, Coeffs(a, s, da, ds))[0], 1e-12)
+    assert_close(fast, x0, 1e-9)
+    den = pfode.Denoiser(lambda x_, t_: out, path, prediction=kind)
+    assert_close(den.x0(x, torch.full((5,), t), a, s, da, ds), x0, 1e-9)
+
+
+def test_unknown_prediction_cannot_fall_through_to_velocity():
+    from pfode.predictions import Prediction, get_prediction
+
+    with pytest.raises(ValueError, match="prediction='flow'.*valid values: eps, x0, v, score, velocity"):
+        get_prediction("flow")
+    for kind in PREDICTIONS:  # each type defines its own three conversions
+        cls = type(get_prediction(kind))
+        for method in ("to_x0_eps", "from_x0_eps", "x0"):
+            assert getattr(cls, method) is not getattr(Prediction, method), (kind, method)
+    assert not hasattr(pfode.Denoiser, "_velocity_sign")
+
+
+@pytest.mark.parametrize("kind", PREDICTIONS)
+@pytest.mark.parametrize("time_input", ["t", "sigma", "reversed"])
+def test_x0_at_is_the_call_at_per_sample_times(kind, time_input):
+    path = P.Trig()
+    den = pfode.Denoiser(lambda x, t: torch.sin(x) * t[:, None], path, prediction=kind, time_input=time_input)
+    x = torch.randn(4, 3)
+    t = torch.tensor([0.1, 0.3, 0.6, 0.9], dtype=torch.float64)
+    got = den.x0_at(x, t)
+    assert got.dtype == torch.float32 and torch.equal(got, den(x, t)[0])
+    assert torch.equal(den.x0_at(x, 0.4), den(x, 0.4)[0])
+    xd = x.double().requires_grad_(True)
+    (g,) = torch.autograd.grad(den.x0_at(xd, t).sum(), xd)  # differentiable in x
+    assert torch.isfinite(g).all()
+    with pytest.raises(ValueError, match="t must be a float or a \\[B\\] tensor with B=4"):
+        den.x0_at(x, t[:3])
+
+
+@pytest.mark.parametrize("kind", PREDICTIONS)
+def test_denoiser_spec_round_trip(kind):
+    import json
+
+    cases = ((P.VPDiscrete.ddpm(100), "index"), (P.EDM(0.01, 40.0), "sigma"), (P.Trig(0.01, 0.9), "reversed"))
+    for path, ti in cases:
+        den = pfode.Denoiser(lambda x, t: torch.cos(x) * t[:, None], path, prediction=kind, time_input=ti)
+        spec = json.loads(json.dumps(den.spec()))
+        assert spec["version"] == 1 and spec["prediction"] == kind and spec["time_input"] == ti
+        back = pfode.Denoiser.from_spec(den.net, spec)
+        assert back.spec() == spec and type(back.path) is type(path)
+        x, t = torch.randn(3, 2), torch.tensor([0.2, 0.5, 0.8], dtype=torch.float64) * path.t_max
+        assert all(torch.equal(a, b) for a, b in zip(back(x, t), den(x, t)))
+
+
+def test_denoiser_spec_refuses_what_json_cannot_describe_and_names_bad_keys():
+    with pytest.raises(ValueError, match="time_input=.*callable, which cannot be described"):
+        pfode.Denoiser(_zero_net, P.VP(), time_input=lambda t: 2 * t).spec()
+    with pytest.raises(ValueError, match="cannot be described as JSON"):
+        pfode.Denoiser(_zero_net, PATHS["affine"]).spec()
+    good = pfode.Denoiser(_zero_net, P.VP(), "v").spec()
+    with pytest.raises(ValueError, match="key 'sampler' is unknown; valid keys: version, path, prediction"):
+        pfode.Denoiser.from_spec(_zero_net, {**good, "sampler": "x"})
+    for key in ("version", "path", "prediction", "time_input"):
+        bad = {k: v for k, v in good.items() if k != key}
+        with pytest.raises(ValueError, match=f"has no '{key}'; it needs the keys version, path"):
+            pfode.Denoiser.from_spec(_zero_net, bad)
+    with pytest.raises(ValueError, match="version=2; this pfode reads version 1"):
+        pfode.Denoiser.from_spec(_zero_net, {**good, "version": 2})
+    with pytest.raises(ValueError, match="prediction='noise'"):
+        pfode.Denoiser.from_spec(_zero_net, {**good, "prediction": "noise"})
+
+
+def test_checks_module_no_longer_imports_predictions():
+    import inspect
+
+    import pfode._checks
+    from pfode.predictions import check_denoiser
+
+    assert "predictions" not in inspect.getsource(pfode._checks)
+    with pytest.raises(TypeError, match="teacher must be a pfode.Denoiser"):
+        check_denoiser(_zero_net, "teacher")

@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 
+from pfode import checkpoint as C
 from pfode.data import toy2d
 from pfode.nets import MLP
 from pfode.train import (
@@ -19,7 +20,6 @@ from pfode.train import (
     load_weights,
     read_checkpoint,
 )
-from pfode.train import checkpoint as C
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +31,7 @@ def _one_thread():
 
 
 DATA = toy2d("moons", 1024, seed=0)
-CFG = dict(steps=24, batch_size=64, lr=2e-3, warmup_steps=5, ema_decay=0.9, log_every=1, quiet=True)
+CFG = dict(iterations=24, batch_size=64, lr=2e-3, warmup_steps=5, ema_decay=0.9, log_every=1, quiet=True)
 
 
 def _trainer(out, resume=False, width=32, coupling="minibatch-ot", **cfg):
@@ -88,7 +88,7 @@ def test_resume_refuses_changed_settings(tmp_path):
     _trainer(tmp_path / "r").fit(4)
     with pytest.raises(CheckpointError, match=r"batch_size: 64 -> 32.*lr: 0.002 -> 0.001"):
         _trainer(tmp_path / "r", resume=True, batch_size=32, lr=1e-3)
-    assert _trainer(tmp_path / "r", resume=True, steps=30).step == 4  # more steps is fine
+    assert _trainer(tmp_path / "r", resume=True, iterations=30).step == 4  # more iterations is fine
 
 
 def test_wrong_and_missing_keys_are_listed(tmp_path):

@@ -152,7 +152,7 @@ def test_reflow_coupling_trains_on_the_pairs(tmp_path):
         teacher, 64, tmp_path / "p", (2,), batch_size=64, nfe=4, solver="euler", progress=False
     )
     obj = FlowMatching(coupling=Paired(store))
-    tr = Trainer(MLP((2,), width=16, depth=1), obj, None, {"steps": 3, "batch_size": 32, "quiet": True})
+    tr = Trainer(MLP((2,), width=16, depth=1), obj, None, {"iterations": 3, "batch_size": 32, "quiet": True})
     batch = tuple(d[tr.batch_indices(0)] for d in tr.data)
     prep = obj.prepare(batch, torch.Generator().manual_seed(0))
     assert torch.equal(prep["x0"], batch[0]) and torch.equal(prep["eps"], batch[1])
@@ -160,24 +160,27 @@ def test_reflow_coupling_trains_on_the_pairs(tmp_path):
     assert tr.step == 3
 
 
-def test_reflow_cli_from_a_teacher_checkpoint(tmp_path, capsys):
+def test_reflow_pairs_from_a_teacher_checkpoint(tmp_path):
+    from pfode.models import load
     from pfode.train.config import make_trainer
-    from pfode.train.reflow import main
 
     cfg = {
         "data": {"name": "toy2d", "kind": "moons", "n": 256},
         "model": {"name": "mlp", "width": 16, "depth": 1, "time_dim": 8},
         "objective": {"name": "flow-matching"},
-        "train": {"steps": 2, "batch_size": 64, "quiet": True},
+        "train": {"iterations": 2, "batch_size": 64, "quiet": True},
     }
     make_trainer(cfg, tmp_path / "t").fit()
-    args = ["--teacher", str(tmp_path / "t" / "checkpoints"), "--out", str(tmp_path / "pairs"), "--n", "50"]
-    assert main(args + ["--batch-size", "20", "--nfe", "4", "--quiet"]) == 0
-    sample, noise = PairStore(tmp_path / "pairs").load()
-    assert sample.shape == noise.shape == (50, 2)
+    teacher = load(tmp_path / "t").denoiser
+    store = generate_reflow_pairs(
+        teacher, 50, tmp_path / "pairs", (2,), batch_size=20, nfe=4, solver="euler", progress=False
+    )
+    sample, noise = store.load()
+    assert sample.shape == noise.shape == (50, 2) and torch.isfinite(sample).all()
     idx = json.loads((tmp_path / "pairs" / "index.json").read_text())
-    assert idx["solver"] == "euler" and idx["grid"] == [1.0, 0.75, 0.5, 0.25, 0.0]
-    assert "50 pairs" in capsys.readouterr().out
+    assert [sh["count"] for sh in idx["shards"]] == [20, 20, 10] and idx["complete"]
+    assert idx["teacher"]["prediction"] == "velocity"
+    assert not [p for p in os.listdir(tmp_path / "pairs") if p.startswith(".")]  # no temporary files left
 
 
 def test_blockwise_ot_is_exact_within_each_block():

@@ -15,17 +15,6 @@ def as_f64(t) -> torch.Tensor:
     return torch.as_tensor(t, dtype=torch.float64)
 
 
-def check_denoiser(den, name: str = "denoiser"):
-    """Raise ``TypeError`` unless ``den`` is a :class:`pfode.Denoiser`, saying how to make one."""
-    from .predictions import Denoiser  # predictions imports this module
-
-    if not isinstance(den, Denoiser):
-        raise TypeError(
-            f"{name} must be a pfode.Denoiser, got {type(den).__name__}; wrap your network with "
-            "pfode.Denoiser(net, path, prediction=...)"
-        )
-
-
 def check_choice(name: str, value, allowed: Iterable[str]) -> str:
     """Raise ``ValueError`` naming the argument and the valid names unless ``value`` is one of them."""
     allowed = list(allowed)

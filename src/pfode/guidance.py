@@ -29,8 +29,8 @@ from collections.abc import Callable
 
 import torch
 
-from ._checks import as_f64, check_denoiser, check_finite_float
-from .predictions import Coeffs, Denoiser
+from ._checks import as_f64, check_finite_float
+from .predictions import Coeffs, Denoiser, check_denoiser
 
 __all__ = ["cfg", "dynamic_thresholding", "threshold_x0", "classifier_guidance"]
 

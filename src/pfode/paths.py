@@ -14,6 +14,7 @@ there.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -33,6 +34,7 @@ __all__ = [
     "Trig",
     "Affine",
     "get_path",
+    "from_spec",
     "available",
 ]
 
@@ -45,6 +47,9 @@ def _lam_from_log_alpha_vp(log_alpha: torch.Tensor) -> torch.Tensor:
 def _log_alpha_vp_from_lam(lam: torch.Tensor) -> torch.Tensor:
     # alpha^2 = sigmoid(2 lam)  ->  log alpha = -0.5 softplus(-2 lam)
     return -0.5 * torch.nn.functional.softplus(-2.0 * lam)
+
+
+_PATHS: dict[str, Callable[..., Path]] = {}
 
 
 class Path:
@@ -125,6 +130,35 @@ class Path:
         """Inverse of ``s``; ``s = 0`` maps to ``t_lo`` where sigma reaches 0."""
         s = as_f64(s)
         return self.t_of_lam(-torch.log(s))
+
+    # --- description ----------------------------------------------------------------------
+    def __init_subclass__(cls, register: bool = True, **kwargs):
+        """A subclass that sets its own ``name`` is registered under it (:func:`get_path`, :func:`from_spec`,
+        the solvers' order certification): adding a path is one class. ``register=False`` opts out."""
+        super().__init_subclass__(**kwargs)
+        if register and "name" in cls.__dict__:
+            _PATHS.setdefault(cls.name, cls)
+
+    def _spec_args(self) -> dict:
+        """The constructor's arguments, read from the attributes of the same names."""
+        out = {}
+        for name in list(inspect.signature(type(self).__init__).parameters)[1:]:
+            if not hasattr(self, name) or callable(getattr(self, name)):
+                raise ValueError(
+                    f"{type(self).__name__} cannot describe itself as JSON: its constructor argument {name!r} is "
+                    "not kept as an attribute of that name (override _spec_args)"
+                )
+            out[name] = getattr(self, name)
+        return out
+
+    def spec(self) -> dict:
+        """A JSON-serialisable description ``{"name": ..., **constructor arguments}`` (see :func:`from_spec`)."""
+        return {"name": self.name, **self._spec_args()}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> Path:
+        """The path described by ``spec`` (the inverse of :meth:`spec`)."""
+        return from_spec(spec)
 
     @property
     def reaches_zero(self) -> bool:
@@ -242,6 +276,9 @@ class VPCosine(Path):
         self._h = (math.pi / 2) / (1 + self.s_off)  # d theta / dt
         self._c0, self._s0 = math.cos(self.s_off * self._h), math.sin(self.s_off * self._h)
 
+    def _spec_args(self):
+        return {"s": self.s_off, "t_min": self.t_min, "t_max": self.t_max}
+
     def _theta(self, t):
         return (as_f64(t) + self.s_off) * self._h
 
@@ -312,13 +349,23 @@ class VPDiscrete(Path):
         self._log_alpha_knots = torch.cat([torch.zeros(1, dtype=torch.float64), 0.5 * torch.log(ac)])
         self.t_lo, self.t_hi = 0.0, 1.0
         self.t_min, self.t_max = 1.0 / self.n, 1.0
+        self._ddpm: dict | None = None  # the arguments of ddpm() when it built this table
+
+    def spec(self) -> dict:
+        """``{"name": "ddpm", n, beta_start, beta_end}`` for a :meth:`ddpm` table, else the whole table as
+        ``{"name": "vp-discrete", "alphas_cumprod": [...]}`` (floats round-trip exactly through JSON)."""
+        if self._ddpm is not None:
+            return {"name": "ddpm", **self._ddpm}
+        return {"name": self.name, "alphas_cumprod": self.alphas_cumprod.tolist()}
 
     @classmethod
     def ddpm(cls, n: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> VPDiscrete:
         """The linear-beta table of DDPM (Ho et al., 2020): ``betas = linspace(beta_start, beta_end, n)``."""
         if not isinstance(n, int) or n < 2:
             raise ValueError(f"n={n!r}: need an integer >= 2")
-        return cls(betas=torch.linspace(beta_start, beta_end, n, dtype=torch.float64))
+        path = cls(betas=torch.linspace(beta_start, beta_end, n, dtype=torch.float64))
+        path._ddpm = {"n": n, "beta_start": float(beta_start), "beta_end": float(beta_end)}
+        return path
 
     # index <-> time
     def index_of_t(self, t) -> torch.Tensor:
@@ -518,7 +565,7 @@ class Trig(Path):
         return torch.arctan(torch.exp(-as_f64(lam))) * (2 / math.pi)
 
 
-class Affine(Path):
+class Affine(Path, register=False):
     """A user's own path from torch functions ``alpha_fn(t)`` and ``sigma_fn(t)`` (float64 tensors).
 
     Derivatives come from autograd unless ``d_alpha_fn``/``d_sigma_fn`` are given; ``t_of_lam`` is a
@@ -559,6 +606,13 @@ class Affine(Path):
         if not bool(torch.all(lam[1:] < lam[:-1])):
             raise ValueError("lam = log(alpha/sigma) must decrease strictly from t_min to t_max")
 
+    def spec(self) -> dict:
+        """Always raises: an ``Affine`` path is made of the user's functions, which JSON cannot describe."""
+        raise ValueError(
+            f"{self!r} is built from user functions (alpha_fn, sigma_fn), which cannot be described as JSON; "
+            "use a named path (pfode.paths.available()) to save a model that can be loaded again"
+        )
+
     def alpha(self, t):
         return self._a(as_f64(t)).to(torch.float64)
 
@@ -583,18 +637,8 @@ class Affine(Path):
         return f"Affine(name={self.name!r}, t_min={self.t_min:g}, t_max={self.t_max:g})"
 
 
-_PATHS: dict[str, Callable[..., Path]] = {
-    "vp": VP,
-    "cosine": VPCosine,
-    "vp-discrete": VPDiscrete.ddpm,
-    "ddpm": VPDiscrete.ddpm,
-    "subvp": SubVP,
-    "ve": VE,
-    "edm": EDM,
-    "linear": Linear,
-    "rectified-flow": Linear,
-    "trig": Trig,
-}
+# classes register themselves by name (Path.__init_subclass__); a discrete table defaults to DDPM's
+_PATHS.update({"vp-discrete": VPDiscrete.ddpm, "ddpm": VPDiscrete.ddpm, "rectified-flow": Linear})
 
 
 def available() -> list[str]:
@@ -602,12 +646,40 @@ def available() -> list[str]:
     return sorted(_PATHS)
 
 
-def get_path(name: str | Path, **options) -> Path:
-    """Build a path by name (``"vp"``, ``"cosine"``, ``"ddpm"``, ``"edm"``, ``"linear"``, ...)."""
+def get_path(name: str | dict | Path, **options) -> Path:
+    """Build a path by name (``"vp"``, ``"cosine"``, ``"ddpm"``, ``"edm"``, ``"linear"``, ...) or from a
+    description ``{"name": ..., **options}`` (:func:`from_spec`)."""
     if isinstance(name, Path):
         return name
+    if isinstance(name, dict):
+        return from_spec({**name, **options})
     if not isinstance(name, str):
-        raise TypeError(f"path must be a pfode Path or a name, got {type(name).__name__}")
+        raise TypeError(f"path must be a pfode Path, a name or a description dict, got {type(name).__name__}")
     if name not in _PATHS:
         raise ValueError(f"path={name!r} is unknown; valid names: {', '.join(available())}")
     return _PATHS[name](**options)
+
+
+def from_spec(spec: dict) -> Path:
+    """The path a description ``{"name": ..., **constructor arguments}`` (from :meth:`Path.spec`) names.
+
+    ``"vp-discrete"`` with ``alphas_cumprod`` or ``betas`` is that table; every other name takes the
+    arguments of :func:`get_path`. Unknown names and keys raise ``ValueError`` listing the allowed ones.
+    """
+    if not isinstance(spec, dict):
+        raise TypeError(f"a path description must be a dict {{'name': ..., ...}}, got {type(spec).__name__}")
+    if "name" not in spec:
+        raise ValueError(f"the path description {spec!r} has no 'name'; valid names: {', '.join(available())}")
+    opts = dict(spec)
+    name = opts.pop("name")
+    table = name == "vp-discrete" and ("alphas_cumprod" in opts or "betas" in opts)
+    make = VPDiscrete if table else _PATHS.get(name) if isinstance(name, str) else None
+    if make is None:
+        raise ValueError(f"path name={name!r} is unknown; valid names: {', '.join(available())}")
+    allowed = [k for k in inspect.signature(make).parameters if k != "self"]
+    for key in opts:
+        if key not in allowed:
+            raise ValueError(
+                f"path description key {key!r} is unknown for {name!r}; valid keys: name, {', '.join(allowed)}"
+            )
+    return make(**opts)

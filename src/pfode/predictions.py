@@ -26,10 +26,21 @@ import torch
 
 from ._checks import as_f64, check_choice, check_state
 from .paths import Path
+from .paths import from_spec as path_from_spec
 
-__all__ = ["Denoiser", "PREDICTIONS", "TIME_INPUTS", "to_x0_eps", "from_x0_eps", "convert", "Coeffs"]
+__all__ = [
+    "Denoiser",
+    "Prediction",
+    "PREDICTIONS",
+    "TIME_INPUTS",
+    "get_prediction",
+    "to_x0_eps",
+    "from_x0_eps",
+    "convert",
+    "Coeffs",
+    "check_denoiser",
+]
 
-PREDICTIONS = ("eps", "x0", "v", "score", "velocity")
 TIME_INPUTS = ("t", "index", "sigma", "reversed")
 
 
@@ -57,38 +68,122 @@ class Coeffs:
         return cls(*vals)
 
 
-def to_x0_eps(prediction: str, out, x, c: Coeffs):
-    """Network output of type ``prediction`` at state ``x`` -> ``(x0_hat, eps_hat)``."""
-    a, s = c.alpha, c.sigma
-    if prediction == "eps":
-        return (x - s * out) / a, out
-    if prediction == "x0":
-        return out, (x - a * out) / s
-    if prediction == "v":
+class Prediction:
+    """One prediction type: the linear maps between a network output and the pair ``(x0_hat, eps_hat)``.
+
+    ``to_x0_eps``/``from_x0_eps`` take :class:`Coeffs` (floats or broadcastable tensors); ``x0`` is the fast
+    solver path with Python-float coefficients ``a, s, da, ds`` (``alpha, sigma`` and their time derivatives).
+    """
+
+    name: str
+
+    def to_x0_eps(self, out, x, c: Coeffs):
+        """Network output ``out`` at state ``x`` -> ``(x0_hat, eps_hat)``."""
+        raise NotImplementedError
+
+    def from_x0_eps(self, x0, eps, c: Coeffs):
+        """Canonical pair -> the output a network of this type would give."""
+        raise NotImplementedError
+
+    def x0(self, out: torch.Tensor, x: torch.Tensor, a: float, s: float, da: float, ds: float) -> torch.Tensor:
+        """``x0_hat`` from ``out`` with float coefficients (``out`` may be overwritten)."""
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"Prediction({self.name!r})"
+
+
+class _Eps(Prediction):
+    name = "eps"
+
+    def to_x0_eps(self, out, x, c):
+        return (x - c.sigma * out) / c.alpha, out
+
+    def from_x0_eps(self, x0, eps, c):
+        return eps
+
+    def x0(self, out, x, a, s, da, ds):
+        return torch.add(x, out, alpha=-s).mul_(1.0 / a)
+
+
+class _X0(Prediction):
+    name = "x0"
+
+    def to_x0_eps(self, out, x, c):
+        return out, (x - c.alpha * out) / c.sigma
+
+    def from_x0_eps(self, x0, eps, c):
+        return x0
+
+    def x0(self, out, x, a, s, da, ds):
+        return out
+
+
+class _V(Prediction):
+    name = "v"
+
+    def to_x0_eps(self, out, x, c):
+        a, s = c.alpha, c.sigma
         n = a * a + s * s
         return (a * x - s * out) / n, (s * x + a * out) / n
-    if prediction == "score":
-        return (x + s * s * out) / a, -s * out
-    if prediction == "velocity":
+
+    def from_x0_eps(self, x0, eps, c):
+        return c.alpha * eps - c.sigma * x0
+
+    def x0(self, out, x, a, s, da, ds):
+        n = a * a + s * s
+        return torch.add(x * (a / n), out, alpha=-s / n)
+
+
+class _Score(Prediction):
+    name = "score"
+
+    def to_x0_eps(self, out, x, c):
+        s = c.sigma
+        return (x + s * s * out) / c.alpha, -s * out
+
+    def from_x0_eps(self, x0, eps, c):
+        return -eps / c.sigma
+
+    def x0(self, out, x, a, s, da, ds):
+        return torch.add(x, out, alpha=s * s).mul_(1.0 / a)
+
+
+class _Velocity(Prediction):
+    name = "velocity"
+
+    def to_x0_eps(self, out, x, c):
+        a, s = c.alpha, c.sigma
         det = a * c.d_sigma - s * c.d_alpha
         return (c.d_sigma * x - s * out) / det, (a * out - c.d_alpha * x) / det
-    raise ValueError(f"prediction={prediction!r} is unknown; valid values: {', '.join(PREDICTIONS)}")
+
+    def from_x0_eps(self, x0, eps, c):
+        return c.d_alpha * x0 + c.d_sigma * eps
+
+    def x0(self, out, x, a, s, da, ds):
+        det = a * ds - s * da
+        return torch.add(x * (ds / det), out, alpha=-s / det)
+
+
+_PREDICTION_TYPES: dict[str, Prediction] = {p.name: p for p in (_Eps(), _X0(), _V(), _Score(), _Velocity())}
+PREDICTIONS = tuple(_PREDICTION_TYPES)
+
+
+def get_prediction(prediction: str | Prediction) -> Prediction:
+    """The :class:`Prediction` object of a type name (``ValueError`` naming the valid ones otherwise)."""
+    if isinstance(prediction, Prediction):
+        return prediction
+    return _PREDICTION_TYPES[check_choice("prediction", prediction, PREDICTIONS)]
+
+
+def to_x0_eps(prediction: str, out, x, c: Coeffs):
+    """Network output of type ``prediction`` at state ``x`` -> ``(x0_hat, eps_hat)``."""
+    return get_prediction(prediction).to_x0_eps(out, x, c)
 
 
 def from_x0_eps(prediction: str, x0, eps, c: Coeffs):
     """Canonical pair -> the output a network of type ``prediction`` would give."""
-    a, s = c.alpha, c.sigma
-    if prediction == "eps":
-        return eps
-    if prediction == "x0":
-        return x0
-    if prediction == "v":
-        return a * eps - s * x0
-    if prediction == "score":
-        return -eps / s
-    if prediction == "velocity":
-        return c.d_alpha * x0 + c.d_sigma * eps
-    raise ValueError(f"prediction={prediction!r} is unknown; valid values: {', '.join(PREDICTIONS)}")
+    return get_prediction(prediction).from_x0_eps(x0, eps, c)
 
 
 def convert(value, source: str, target: str, x, path: Path, t):
@@ -97,6 +192,15 @@ def convert(value, source: str, target: str, x, path: Path, t):
     check_choice("target", target, PREDICTIONS)
     c = Coeffs.at(path, t, like=x)
     return from_x0_eps(target, *to_x0_eps(source, value, x, c), c)
+
+
+def check_denoiser(den, name: str = "denoiser"):
+    """Raise ``TypeError`` unless ``den`` is a :class:`Denoiser`, saying how to make one."""
+    if not isinstance(den, Denoiser):
+        raise TypeError(
+            f"{name} must be a pfode.Denoiser, got {type(den).__name__}; wrap your network with "
+            "pfode.Denoiser(net, path, prediction=...)"
+        )
 
 
 class Denoiser:
@@ -117,7 +221,11 @@ class Denoiser:
 
     Calling ``den(x, t, **cond)`` with ``x`` of shape ``[B, ...]`` and ``t`` a float or a ``[B]``
     tensor of path times returns ``(x0_hat, eps_hat)`` in ``x``'s dtype (at least float32).
+    :meth:`spec` describes the denoiser (all but the network) as JSON; :meth:`from_spec` rebuilds it.
     """
+
+    SPEC_VERSION = 1
+    SPEC_KEYS = ("version", "path", "prediction", "time_input")
 
     def __init__(self, net: Callable, path: Path, prediction: str = "eps", time_input: str | Callable = "t"):
         if not callable(net):
@@ -127,6 +235,7 @@ class Denoiser:
         self.net = net
         self.path = path
         self.prediction = check_choice("prediction", prediction, PREDICTIONS)
+        self._pred = get_prediction(prediction)
         if not callable(time_input):
             check_choice("time_input", time_input, TIME_INPUTS)
             if time_input == "index" and not hasattr(path, "index_of_t"):
@@ -135,6 +244,38 @@ class Denoiser:
                     f"got {path!r}"
                 )
         self.time_input = time_input
+
+    # -- description -------------------------------------------------------------------------
+    def spec(self) -> dict:
+        """``{"version", "path": path.spec(), "prediction", "time_input"}``, JSON-serialisable.
+
+        Raises ``ValueError`` for a callable ``time_input`` or an :class:`~pfode.paths.Affine` path.
+        """
+        if callable(self.time_input):
+            raise ValueError(
+                f"time_input={self.time_input!r} is a callable, which cannot be described as JSON; use one of "
+                f"{', '.join(TIME_INPUTS)} to save a model that can be loaded again"
+            )
+        spec = {"version": self.SPEC_VERSION, "path": self.path.spec(), "prediction": self.prediction}
+        return {**spec, "time_input": self.time_input}
+
+    @classmethod
+    def from_spec(cls, net: Callable, spec: dict) -> Denoiser:
+        """The denoiser of ``net`` that :meth:`spec` described (``ValueError`` naming a bad or missing key)."""
+        if not isinstance(spec, dict):
+            raise TypeError(f"a denoiser description must be a dict, got {type(spec).__name__}")
+        keys = ", ".join(cls.SPEC_KEYS)
+        for k in spec:
+            if k not in cls.SPEC_KEYS:
+                raise ValueError(f"denoiser description key {k!r} is unknown; valid keys: {keys}")
+        for k in cls.SPEC_KEYS:
+            if k not in spec:
+                raise ValueError(f"the denoiser description has no {k!r}; it needs the keys {keys}")
+        if spec["version"] != cls.SPEC_VERSION:
+            raise ValueError(
+                f"denoiser description version={spec['version']!r}; this pfode reads version {cls.SPEC_VERSION}"
+            )
+        return cls(net, path_from_spec(spec["path"]), spec["prediction"], spec["time_input"])
 
     # -- time --------------------------------------------------------------------------------
     def net_time(self, t) -> torch.Tensor:
@@ -151,9 +292,12 @@ class Denoiser:
             return self.path.sigma(t)
         return 1.0 - t  # reversed
 
-    @property
-    def _velocity_sign(self) -> float:
-        return -1.0 if self.time_input == "reversed" else 1.0
+    def time_tensor(self, t, x: torch.Tensor) -> torch.Tensor:
+        """A ``[B]`` network-time tensor for path time(s) ``t`` (float or ``[B]``), on ``x``'s device."""
+        tn = self.net_time(t)
+        dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+        tn = tn.to(device=x.device, dtype=dtype)
+        return tn.expand(x.shape[0]) if tn.dim() == 0 else tn
 
     # -- evaluation --------------------------------------------------------------------------
     def raw(self, x: torch.Tensor, t_net: torch.Tensor, cond: dict | None = None) -> torch.Tensor:
@@ -172,24 +316,29 @@ class Denoiser:
             out = -out
         return out
 
-    def time_tensor(self, t, x: torch.Tensor) -> torch.Tensor:
-        """A ``[B]`` network-time tensor for path time(s) ``t`` (float or ``[B]``), on ``x``'s device."""
-        tn = self.net_time(t)
-        dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
-        tn = tn.to(device=x.device, dtype=dtype)
-        return tn.expand(x.shape[0]) if tn.dim() == 0 else tn
+    def pair_at(self, x: torch.Tensor, t, cond: dict | None = None, coeffs: Coeffs | None = None):
+        """``(x0_hat, eps_hat)`` at path times ``t`` (float or ``[B]`` float64): the one conversion of the
+        network's output at arbitrary times (no finiteness check on ``x``; differentiable in ``x``).
 
-    def __call__(self, x: torch.Tensor, t, **cond):
-        check_state("x", x)
+        ``coeffs``: the path's :class:`Coeffs` at ``t`` shaped against ``x``, if the caller has them.
+        """
         t = as_f64(t)
         if t.dim() > 1 or (t.dim() == 1 and t.shape[0] != x.shape[0]):
             raise ValueError(
                 f"t must be a float or a [B] tensor with B={x.shape[0]}, got shape {tuple(t.shape)}"
             )
-        t_dev = t.to(x.device)
-        c = Coeffs.at(self.path, t_dev if t.dim() else t_dev.expand(x.shape[0]), like=x)
-        out = self.raw(x, self.time_tensor(t_dev, x), cond)
-        return to_x0_eps(self.prediction, out, x, c)
+        t = t.to(x.device)
+        if coeffs is None:
+            coeffs = Coeffs.at(self.path, t if t.dim() else t.expand(x.shape[0]), like=x)
+        return self._pred.to_x0_eps(self.raw(x, self.time_tensor(t, x), cond), x, coeffs)
+
+    def __call__(self, x: torch.Tensor, t, **cond):
+        check_state("x", x)
+        return self.pair_at(x, t, cond)
+
+    def x0_at(self, x: torch.Tensor, t, cond: dict | None = None) -> torch.Tensor:
+        """``x0_hat`` at path times ``t`` (float or ``[B]`` float64) in ``x``'s dtype (see :meth:`pair_at`)."""
+        return self.pair_at(x, t, cond)[0].to(x.dtype)
 
     def x0(self, x: torch.Tensor, t_net: torch.Tensor, a: float, s: float, da: float, ds: float, cond=None):
         """Fast path for solvers: ``x0_hat`` at one time with host float coefficients (no checks on x).
@@ -197,19 +346,7 @@ class Denoiser:
         ``t_net`` is the ``[B]`` network-time tensor; ``a, s, da, ds`` are ``alpha, sigma`` and their
         derivatives at that time as Python floats.
         """
-        out = self.raw(x, t_net, cond)
-        p = self.prediction
-        if p == "x0":
-            return out
-        if p == "eps":
-            return torch.add(x, out, alpha=-s).mul_(1.0 / a)
-        if p == "v":
-            n = a * a + s * s
-            return torch.add(x * (a / n), out, alpha=-s / n)
-        if p == "score":
-            return torch.add(x, out, alpha=s * s).mul_(1.0 / a)
-        det = a * ds - s * da  # velocity
-        return torch.add(x * (ds / det), out, alpha=-s / det)
+        return self._pred.x0(self.raw(x, t_net, cond), x, a, s, da, ds)
 
     def __repr__(self):
         ti = self.time_input

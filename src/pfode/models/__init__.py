@@ -1,9 +1,11 @@
 """Small pretrained models shipped with pfode, and the loader for any pfode model file.
 
-A *model* is the pair ``NAME.safetensors`` + ``NAME.json`` in the checkpoint format of
-:mod:`pfode.train.checkpoint` (SHA-256, manifest, the training configuration ``spec``), holding only the EMA
-weights (``ema/<name>``) -- what :func:`export` writes from a training checkpoint. A full training checkpoint
-(a run folder, its ``checkpoints/`` folder, a ``step-*.json``) loads the same way. Nothing is unpickled.
+A *model* is the pair ``NAME.safetensors`` + ``NAME.json`` in the checkpoint format of :mod:`pfode.checkpoint`
+(SHA-256, manifest, the network's configuration ``model_config``, the description of its denoiser
+``denoiser`` -- path, prediction type, time input -- and the training configuration ``spec``), holding only
+the EMA weights (``ema/<name>``) -- what :func:`export` writes from a training checkpoint. A full training
+checkpoint (a run folder, its ``checkpoints/`` folder, a ``step-*.json``) loads the same way. Nothing is
+unpickled, and nothing is guessed: a file without its ``denoiser`` description is refused.
 
 Shipped (``pfode train configs/builtin_<name>.yaml`` reproduces each; see the README):
 
@@ -16,14 +18,16 @@ plugs into :func:`pfode.sample`.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 
 import torch
 
-__all__ = ["BUILTIN", "Model", "available", "builtin_file", "load", "denoiser_from_spec", "export"]
+from ..checkpoint import Checkpoint, CheckpointError, check_tensors, read_checkpoint, write_pair
+from ..predictions import Denoiser
+
+__all__ = ["BUILTIN", "Model", "available", "builtin_file", "build_net", "load", "export"]
 
 HERE = FsPath(__file__).resolve().parent
 BUILTIN = ("digits", "moons")
@@ -60,31 +64,22 @@ class Model:
         return len(self.data_shape) == 3
 
 
-def _path(p):
+def build_net(config: dict) -> torch.nn.Module:
+    """Rebuild a network from the ``model_config`` a checkpoint stores (its ``config()``): a reference network
+    of :mod:`pfode.nets` or a consistency model wrapping one."""
+    from .. import nets
     from ..paths import get_path
 
-    if isinstance(p, dict):
-        p = dict(p)
-        return get_path(p.pop("name"), **p)
-    return get_path(p)
+    if not isinstance(config, dict) or "name" not in config:
+        raise CheckpointError(f"a network configuration must be a mapping with a 'name', got {config!r}")
+    opts = dict(config)
+    name = opts.pop("name")
+    if name == "consistency":
+        from ..nets.consistency import ConsistencyModel
 
-
-def denoiser_from_spec(net, spec: dict):
-    """The :class:`pfode.Denoiser` of ``net`` trained with configuration ``spec`` (its ``objective``).
-
-    Flow matching: velocity on its path (default ``linear``); consistency models: ``x0`` on their path
-    (default ``edm``, the network already wrapped); DSM: ``prediction`` (default ``eps``) on ``path``
-    (default ``vp``), with the configured ``time_input``.
-    """
-    from ..predictions import Denoiser
-
-    obj = dict(spec.get("objective") or {})
-    name = obj.get("name", "dsm")
-    if name.startswith("consistency"):
-        return Denoiser(net, _path(obj.get("path", "edm")), "x0", "t")
-    if name == "flow-matching":
-        return Denoiser(net, _path(obj.get("path", "linear")), "velocity", obj.get("time_input", "t"))
-    return Denoiser(net, _path(obj.get("path", "vp")), obj.get("prediction", "eps"), obj.get("time_input", "t"))
+        inner, path = build_net(opts.pop("net")), get_path(opts.pop("path"))
+        return ConsistencyModel(inner, path, **opts)
+    return nets.build(name, **opts)
 
 
 def _which(meta: dict) -> str:
@@ -92,22 +87,33 @@ def _which(meta: dict) -> str:
     return "ema" if any(k.startswith("ema/") for k in keys) else "model"
 
 
-def load(spec_or_path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Model:
+def _denoiser_spec(ck: Checkpoint) -> dict:
+    spec = ck.meta.get("denoiser")
+    if spec is None:
+        raise CheckpointError(
+            f"{ck.json_path} has no 'denoiser' description (the path, prediction type and time input of the "
+            "network; pfode writes it into every checkpoint since that format was introduced, older files lack "
+            "it); re-export it with pfode.models.export(checkpoint, dest, denoiser=pfode.Denoiser(net, path, "
+            "prediction, time_input).spec())"
+        )
+    return spec
+
+
+def load(
+    spec_or_path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, which: str | None = None
+) -> Model:
     """Load ``builtin:NAME`` or a model/checkpoint path (``.json``, ``.safetensors`` or a run folder).
 
-    The EMA weights are used when present. Raises :class:`pfode.train.CheckpointError` (a ``ValueError``)
-    or ``FileNotFoundError`` with a clear message for anything that is not a pfode model.
+    ``which``: ``"ema"`` or ``"model"`` weights; by default the EMA weights where present. The
+    :class:`pfode.Denoiser` is built from the file's ``denoiser`` description. Raises
+    :class:`pfode.checkpoint.CheckpointError` (a ``ValueError``) or ``FileNotFoundError`` with a clear message
+    for anything that is not a pfode model, or a file without that description.
     """
-    from ..train.checkpoint import CheckpointError, read_checkpoint
-    from ..train.config import model_from_checkpoint
-
     s = os.fspath(spec_or_path)
     if s.startswith("builtin:"):
         p = builtin_file(s.split(":", 1)[1])
-        name = s
     else:
         p = FsPath(s)
-        name = s
         if not p.exists():
             raise FileNotFoundError(f"no such model file or folder: {p}")
         if p.is_dir() and not (p / "latest.json").is_file():
@@ -120,54 +126,46 @@ def load(spec_or_path, device: str | torch.device = "cpu", dtype: torch.dtype = 
                 elif len(pairs) > 1:
                     raise CheckpointError(f"{p} holds several models ({', '.join(j.name for j in pairs)}); name one")
     ck = read_checkpoint(p)
-    which = _which(ck.meta)
-    net, spec = model_from_checkpoint(ck.json_path, which)
+    dspec = _denoiser_spec(ck)
+    if not ck.meta.get("model_config"):
+        raise CheckpointError(f"{ck.json_path} stores no model_config (the network's configuration)")
+    net = build_net(ck.meta["model_config"])
+    which = which or _which(ck.meta)
+    if which not in ("ema", "model"):
+        raise ValueError(f"which={which!r} is unknown; valid values: ema, model")
+    sd = ck.section(which)
+    check_tensors(net.state_dict(), sd, f"the {which} weights", str(ck.json_path))
+    net.load_state_dict(sd, strict=True)
     net = net.to(device=device, dtype=dtype).eval()
     for q in net.parameters():
         q.requires_grad_(False)
     shape = getattr(net, "data_shape", None) or tuple(ck.meta.get("data", {}).get("shape") or ())
     if not shape:
         raise CheckpointError(f"{ck.json_path} does not state the shape of a sample (data.shape)")
-    den = denoiser_from_spec(net, spec)
-    return Model(name, den, tuple(int(d) for d in shape), spec, ck.meta, net)
+    den = Denoiser.from_spec(net, dspec)
+    return Model(s, den, tuple(int(d) for d in shape), ck.meta.get("spec") or {}, ck.meta, net)
 
 
-def export(checkpoint, dest) -> tuple[FsPath, FsPath]:
+def export(checkpoint, dest, denoiser: dict | None = None) -> tuple[FsPath, FsPath]:
     """Write the EMA weights of a training checkpoint as the model pair ``dest.safetensors`` + ``dest.json``.
 
     ``checkpoint``: a run's ``checkpoints/`` folder, a ``step-*.json`` or a model file. ``dest``: the path
-    without suffix (``src/pfode/models/digits``). The JSON keeps the configuration and the step; the
-    optimizer state and RNG states are dropped. Both files are written atomically (tensors first).
+    without suffix (``src/pfode/models/digits``). ``denoiser``: a :meth:`pfode.Denoiser.spec` description, for
+    a checkpoint written without one (it replaces the stored one otherwise). The JSON keeps the network and
+    training configurations, the denoiser description and the step; the optimizer state and RNG states are
+    dropped. Both files are written atomically (tensors first).
     """
-    from ..train.checkpoint import FORMAT, VERSION, atomic_save_tensors, atomic_write_bytes, read_checkpoint
-    from ..train.checkpoint import sha256_file as _sha
-
     ck = read_checkpoint(checkpoint)
-    which = _which(ck.meta)
-    tensors = {f"ema/{k}": v.contiguous() for k, v in ck.section(which).items()}
+    if denoiser is not None:
+        Denoiser.from_spec(lambda x, t: x, denoiser)  # check it now, not at load time
+    else:
+        denoiser = _denoiser_spec(ck)
+    tensors = {f"ema/{k}": v.contiguous() for k, v in ck.section(_which(ck.meta)).items()}
     dest = FsPath(os.fspath(dest))
     if dest.suffix in (".json", ".safetensors"):
         dest = dest.with_suffix("")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    st = dest.parent / f"{dest.name}.safetensors"
-    js = dest.parent / f"{dest.name}.json"
-    atomic_save_tensors(st, tensors, metadata={"format": FORMAT})
     keep = ("config", "spec", "objective", "model_config", "data", "loss")
-    meta = {
-        "format": FORMAT,
-        "version": VERSION,
-        "step": ck.step,
-        "tensor_file": st.name,
-        "sha256": _sha(st),
-        "manifest": {
-            k: {"dtype": str(v.dtype).replace("torch.", ""), "shape": list(v.shape)} for k, v in tensors.items()
-        },
-        "exported_from": ck.json_path.name,
-        **{k: ck.meta[k] for k in keep if k in ck.meta},
-    }
-    atomic_write_bytes(js, json.dumps(meta, indent=1, sort_keys=True).encode())
-    from ..plots import file_mode
-
-    for f in (st, js):  # the atomic writers leave mkstemp's 0o600
-        os.chmod(f, file_mode())
-    return st, js
+    meta = {"step": ck.step, "exported_from": ck.json_path.name, "denoiser": denoiser}
+    meta.update({k: ck.meta[k] for k in keep if k in ck.meta})
+    js = write_pair(dest.parent, dest.name, tensors, meta)
+    return js.with_suffix(".safetensors"), js

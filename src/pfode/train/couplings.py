@@ -15,7 +15,6 @@ A coupling is called as ``coupling(x0, eps_or_None, generator) -> (x0, eps)`` on
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -23,8 +22,9 @@ from pathlib import Path as FsPath
 
 import torch
 
-from .._checks import check_choice, check_denoiser, check_int
-from .checkpoint import atomic_write_bytes
+from .._checks import check_choice, check_int
+from ..io import atomic_save_tensors, atomic_write_json, sha256_file
+from ..predictions import check_denoiser
 
 __all__ = [
     "COUPLINGS",
@@ -178,14 +178,6 @@ INDEX = "index.json"
 FORMAT = "pfode-reflow-pairs"
 
 
-def _sha256(path: FsPath) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class PairStore:
     """A folder of ``(noise, sample)`` pairs: ``shard-NNNNNN.safetensors`` files and ``index.json``.
 
@@ -226,7 +218,7 @@ class PairStore:
         samples, noises = [], []
         for s in self.index["shards"]:
             f = self.root / s["file"]
-            if self.verify and _sha256(f) != s["sha256"]:
+            if self.verify and sha256_file(f) != s["sha256"]:
                 raise ValueError(f"{f}: contents do not match the SHA-256 in {INDEX} (corrupted or replaced)")
             t = load_file(str(f))
             if set(t) != {"noise", "sample"}:
@@ -270,7 +262,6 @@ def generate_reflow_pairs(
 
     Returns the :class:`PairStore`.
     """
-    from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
     from ..sample import sample as pf_sample
@@ -332,19 +323,16 @@ def generate_reflow_pairs(
                 else:
                     x0 = pf_sample(teacher, x_T, solver=solver_obj, nfe=nfe, **sample_options)
             name = f"shard-{b:06d}.safetensors"
-            tmp = root / f".{name}.tmp"
-            save_file(
-                {"noise": z.contiguous().cpu(), "sample": x0.detach().to(dtype).contiguous().cpu()}, str(tmp)
-            )
-            os.replace(tmp, root / name)
-            index["shards"].append({"batch": b, "file": name, "count": count, "sha256": _sha256(root / name)})
+            shard = {"noise": z.contiguous().cpu(), "sample": x0.detach().to(dtype).contiguous().cpu()}
+            atomic_save_tensors(root / name, shard)
+            index["shards"].append({"batch": b, "file": name, "count": count, "sha256": sha256_file(root / name)})
             index["shards"].sort(key=lambda s: s["batch"])
             index["complete"] = len(index["shards"]) == n_batches
-            atomic_write_bytes(idx_path, json.dumps(index, indent=1).encode())
+            atomic_write_json(idx_path, index)
             bar.update(1)
     finally:
         bar.close()
     if not index["complete"]:  # every batch was already there but the flag was not set
         index["complete"] = len(index["shards"]) == n_batches
-        atomic_write_bytes(idx_path, json.dumps(index, indent=1).encode())
+        atomic_write_json(idx_path, index)
     return PairStore(root)

@@ -19,21 +19,15 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path as FsPath
 
 import torch
 from torch import nn
 
-from .checkpoint import (
-    CheckpointError,
-    check_tensors,
-    flatten_optimizer,
-    latest_checkpoint,
-    read_checkpoint,
-    save_checkpoint,
-    unflatten_optimizer,
-)
+from ..checkpoint import CheckpointError, check_tensors, latest_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import flatten_optimizer, unflatten_optimizer
 from .losses import Objective
 
 __all__ = ["TrainConfig", "Trainer", "NonFiniteLossError"]
@@ -54,10 +48,12 @@ class TrainConfig:
     ``batch_size`` is the global batch (split evenly over processes). ``precision``: ``"auto"`` (bf16
     autocast on CUDA devices that support it, float32 otherwise), ``"fp32"`` or ``"bf16"``. ``ckpt_every``
     / ``sample_every`` / ``log_every`` of 0 disable the periodic action (a final checkpoint is always
-    written). ``ema_decay = 0`` makes the EMA a copy of the weights.
+    written). ``ema_decay = 0`` makes the EMA a copy of the weights. ``iterations`` is the number of optimizer
+    steps (it was called ``steps`` before: a configuration using that name is refused with a message, a
+    checkpoint written with it still resumes).
     """
 
-    steps: int = 1000
+    iterations: int = 1000
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -84,7 +80,7 @@ class TrainConfig:
     # fields that may change between a run and its resumption without breaking exactness of the past
     RESUMABLE_CHANGES = frozenset(
         {
-            "steps",
+            "iterations",
             "log_every",
             "ckpt_every",
             "keep_checkpoints",
@@ -101,7 +97,7 @@ class TrainConfig:
     def __post_init__(self):
         from .._checks import check_choice, check_int
 
-        check_int("steps", self.steps, 0)
+        check_int("iterations", self.iterations, 0)
         check_int("batch_size", self.batch_size, 1)
         check_int("warmup_steps", self.warmup_steps, 0)
         check_int("seed", self.seed, 0)
@@ -122,6 +118,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        """The configuration of the ``train`` section ``d`` (``ValueError`` naming an unknown option)."""
+        if "steps" in d:
+            raise ValueError(
+                "train.steps was renamed to train.iterations (the number of optimizer steps; pfode keeps "
+                "'steps' for the intervals of a time grid)"
+            )
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -211,6 +213,7 @@ class Trainer:
             self.net = self.model
         if self.out_dir is not None and self.rank == 0:
             (self.out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        self._descriptions = self._describe()
         if resume:
             self.resume()
 
@@ -296,6 +299,19 @@ class Trainer:
                 f"with {self.objective.name}: {e}"
             ) from e
 
+    def _describe(self) -> dict:
+        """``model_config`` and ``denoiser`` for every checkpoint, so :func:`pfode.models.load` can rebuild the
+        model; what cannot be described as JSON is left out, with a warning (the run still resumes)."""
+        out = {"model_config": None}
+        describers = (("model_config", getattr(self.model, "config", None)), ("denoiser", self.objective.denoiser_spec))
+        for key, describe in describers:
+            try:
+                out[key] = describe() if describe is not None else None
+            except ValueError as e:
+                if self.rank == 0:
+                    warnings.warn(f"checkpoints of this run cannot be loaded by pfode.models.load: {e}", stacklevel=3)
+        return out
+
     def _make_optimizer(self):
         c = self.cfg
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -310,8 +326,8 @@ class Trainer:
         """Learning rate of step ``step`` (0-based): linear warm-up, then constant or cosine decay."""
         c = self.cfg
         f = min(1.0, (step + 1) / c.warmup_steps) if c.warmup_steps else 1.0
-        if c.lr_schedule == "cosine" and c.steps > c.warmup_steps:
-            u = min(1.0, max(0.0, (step - c.warmup_steps) / (c.steps - c.warmup_steps)))
+        if c.lr_schedule == "cosine" and c.iterations > c.warmup_steps:
+            u = min(1.0, max(0.0, (step - c.warmup_steps) / (c.iterations - c.warmup_steps)))
             f *= c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * u))
         return c.lr * f
 
@@ -401,12 +417,12 @@ class Trainer:
             be.copy_(b)
 
     # -- loop --------------------------------------------------------------------------------
-    def fit(self, steps: int | None = None, save_final: bool = True) -> list[dict]:
-        """Train until ``steps`` (default ``config.steps``) steps are done; then write a checkpoint
-        (unless ``save_final=False``)."""
+    def fit(self, iterations: int | None = None, save_final: bool = True) -> list[dict]:
+        """Train until ``iterations`` (default ``config.iterations``) optimizer steps are done; then write a
+        checkpoint (unless ``save_final=False``)."""
         from tqdm.auto import tqdm
 
-        total = self.cfg.steps if steps is None else int(steps)
+        total = self.cfg.iterations if iterations is None else int(iterations)
         c = self.cfg
         main = self.rank == 0
         bar = tqdm(
@@ -477,7 +493,7 @@ class Trainer:
         """Draw ``sample_n`` samples from the EMA model and save a PNG (rank 0)."""
         if self.rank != 0 or (self.out_dir is None and path is None):
             return None
-        from .plots import save_samples
+        from ..plots import save_samples
 
         g = torch.Generator().manual_seed(self.cfg.seed + 12345)
         z = torch.randn((self.cfg.sample_n, *self.data[0].shape[1:]), generator=g).to(self.device)
@@ -514,7 +530,7 @@ class Trainer:
                 "config": self.cfg.to_dict(),
                 "spec": self.spec,
                 "objective": self.objective.spec(),
-                "model_config": self.model.config() if hasattr(self.model, "config") else None,
+                **self._descriptions,
                 "optimizer": ometa,
                 "data": {
                     "n": self.n,
@@ -542,7 +558,9 @@ class Trainer:
         check_tensors(self.model.state_dict(), ck.section("model"), "the model weights", str(ck.json_path))
         check_tensors(self.ema.state_dict(), ck.section("ema"), "the EMA weights", str(ck.json_path))
         if strict_config:
-            old = ck.meta.get("config", {})
+            old = dict(ck.meta.get("config", {}))
+            if "steps" in old and "iterations" not in old:  # written before the rename
+                old["iterations"] = old.pop("steps")
             new = self.cfg.to_dict()
             diff = sorted(
                 k

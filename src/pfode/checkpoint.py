@@ -1,0 +1,260 @@
+"""The pfode checkpoint format, without pickle: tensors in safetensors, everything else in JSON.
+
+A checkpoint ``step-00001000`` in a folder is two files:
+
+* ``step-00001000.safetensors`` -- every tensor: ``model/<name>`` (the state dict), ``ema/<name>``,
+  ``optim/<param index>/<state key>`` (optimizer state tensors such as Adam's moments and step),
+  ``rng/<name>`` (torch generator states as uint8 tensors);
+* ``step-00001000.json`` -- the step, the training configuration, the optimizer's non-tensor structure,
+  the network's configuration (``model_config``), the description of its :class:`pfode.Denoiser`
+  (``denoiser``), a manifest (dtype and shape of every tensor) and the SHA-256 of the tensor file;
+
+plus ``latest.json`` naming the newest complete checkpoint. An exported model (:func:`pfode.models.export`)
+is the same pair holding only ``ema/<name>``. Every file is written atomically through :mod:`pfode.io`
+(tensors first, then the JSON, then the pointer), so a crash at any moment leaves the previous checkpoint
+intact. Reading never unpickles: a file that is not safetensors is refused; keys, shapes and dtypes are
+checked strictly and every problem is listed.
+
+This module sits below :mod:`pfode.models` and :mod:`pfode.train` (it imports neither).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path as FsPath
+
+import torch
+
+from .io import atomic_save_tensors, atomic_write_bytes, sha256_file
+
+__all__ = [
+    "CheckpointError",
+    "Checkpoint",
+    "write_pair",
+    "save_checkpoint",
+    "read_checkpoint",
+    "check_tensors",
+    "latest_checkpoint",
+    "load_weights",
+    "FORMAT",
+    "VERSION",
+]
+
+FORMAT = "pfode-train-checkpoint"
+VERSION = 1
+POINTER = "latest.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded: wrong format, wrong or missing keys, shapes or dtypes."""
+
+
+# --- strict checks ------------------------------------------------------------------------------
+def check_tensors(
+    expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], what: str, source: str = ""
+):
+    """Raise :class:`CheckpointError` listing missing and unexpected keys and shape/dtype mismatches."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    bad = []
+    for k in sorted(set(expected) & set(got)):
+        e, g = expected[k], got[k]
+        if tuple(e.shape) != tuple(g.shape):
+            bad.append(f"{k}: shape {tuple(g.shape)} in the checkpoint, {tuple(e.shape)} expected")
+        elif e.dtype != g.dtype:
+            bad.append(f"{k}: dtype {g.dtype} in the checkpoint, {e.dtype} expected")
+    if missing or unexpected or bad:
+        lines = [f"{what} in {source or 'the checkpoint'} does not match:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {', '.join(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+        for b in bad:
+            lines.append(f"  {b}")
+        raise CheckpointError("\n".join(lines))
+
+
+def _check_safetensors_file(path: FsPath):
+    """Refuse anything that is not a safetensors file before any parser sees it.
+
+    A safetensors file is an 8-byte little-endian header length ``n``, then ``n`` bytes of a JSON object.
+    Only when that structure is absent do the first bytes name the likely culprit.
+    """
+    if not path.is_file():
+        raise CheckpointError(f"no such checkpoint tensor file: {path}")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        ok = False
+        if len(head) == 8:
+            n = int.from_bytes(head, "little")
+            if 2 <= n <= size - 8 and n <= 100_000_000:
+                raw = f.read(n)
+                try:
+                    ok = raw[:1] == b"{" and isinstance(json.loads(raw), dict)
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    ok = False
+    if ok:
+        return
+    if head[:2] == b"PK":
+        why = "it is a zip archive, the format of torch.save"
+    elif head[:1] == b"\x80":
+        why = "it is a Python pickle"
+    elif len(head) < 8:
+        why = "it is too short"
+    else:
+        why = "it has no valid safetensors header"
+    raise CheckpointError(
+        f"{path} is not a safetensors file ({why}); pfode only loads safetensors because unpickling a "
+        "checkpoint (torch.load) can run arbitrary code. Convert a trusted file once with "
+        "safetensors.torch.save_file(state_dict, 'model.safetensors')"
+    )
+
+
+# --- save / read --------------------------------------------------------------------------------
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: ``meta`` (the JSON) and ``tensors`` (name -> tensor)."""
+
+    meta: dict
+    tensors: dict[str, torch.Tensor]
+    json_path: FsPath
+
+    @property
+    def step(self) -> int:
+        return int(self.meta["step"])
+
+    def section(self, prefix: str) -> dict[str, torch.Tensor]:
+        p = prefix.rstrip("/") + "/"
+        return {k[len(p) :]: v for k, v in self.tensors.items() if k.startswith(p)}
+
+
+def _name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def write_pair(folder, name: str, tensors: dict[str, torch.Tensor], meta: dict) -> FsPath:
+    """Write ``name.safetensors`` then ``name.json`` (``meta`` plus format, version, manifest and SHA-256).
+
+    Tensors are stored as given (contiguous, on the CPU); ``meta`` must be JSON-serialisable. Returns the
+    JSON file's path.
+    """
+    folder = FsPath(folder)
+    st_path = folder / f"{name}.safetensors"
+    # one metadata entry only: safetensors writes a map in arbitrary order, and equal checkpoints
+    # should be equal files
+    atomic_save_tensors(st_path, tensors, metadata={"format": FORMAT})
+    full = {
+        **meta,
+        "format": FORMAT,
+        "version": VERSION,
+        "tensor_file": st_path.name,
+        "sha256": sha256_file(st_path),
+        "manifest": {
+            k: {"dtype": str(v.dtype).replace("torch.", ""), "shape": list(v.shape)} for k, v in tensors.items()
+        },
+    }
+    js_path = folder / f"{name}.json"
+    atomic_write_bytes(js_path, json.dumps(full, indent=1, sort_keys=True).encode())
+    return js_path
+
+
+def save_checkpoint(
+    folder,
+    step: int,
+    tensors: dict[str, torch.Tensor],
+    meta: dict,
+    keep: int | None = None,
+) -> FsPath:
+    """Write tensors and JSON for ``step`` atomically into ``folder`` and point ``latest.json`` at them.
+
+    ``tensors`` are stored as given (names must be unique strings); ``meta`` must be JSON-serialisable.
+    With ``keep`` only the newest ``keep`` checkpoints stay. Returns the JSON file's path.
+    """
+    folder = FsPath(folder)
+    clean = {}
+    for k, v in tensors.items():
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{k}: only tensors go into the tensor file, got {type(v).__name__}")
+        clean[k] = v.detach().to("cpu").contiguous().clone()
+    js_path = write_pair(folder, _name(step), clean, {**meta, "step": int(step)})
+    atomic_write_bytes(folder / POINTER, json.dumps({"format": FORMAT, "latest": js_path.name}).encode())
+    if keep is not None and keep > 0:
+        olds = sorted(p for p in folder.glob("step-*.json") if p.name != js_path.name)
+        for p in olds[: max(0, len(olds) - (keep - 1))]:
+            p.unlink(missing_ok=True)
+            p.with_suffix(".safetensors").unlink(missing_ok=True)
+    return js_path
+
+
+def latest_checkpoint(folder) -> FsPath | None:
+    """The JSON path ``latest.json`` in ``folder`` points to, or ``None`` when there is none."""
+    ptr = FsPath(folder) / POINTER
+    if not ptr.is_file():
+        return None
+    p = json.loads(ptr.read_text())
+    return FsPath(folder) / p["latest"]
+
+
+def read_checkpoint(path) -> Checkpoint:
+    """Load a checkpoint from its JSON, its tensor file, or a folder (its ``latest.json``), never unpickling.
+
+    Checks that the tensor file is safetensors, that its SHA-256 matches the JSON and that its tensors are
+    exactly the manifest's (names, dtypes, shapes).
+    """
+    from safetensors.torch import load_file
+
+    path = FsPath(path)
+    if path.is_dir():
+        js = latest_checkpoint(path)
+        if js is None:
+            raise CheckpointError(f"{path} holds no checkpoint ({POINTER} is missing)")
+    elif path.suffix == ".json":
+        js = path
+    elif path.suffix == ".safetensors":
+        js = path.with_suffix(".json")
+        if not js.is_file():
+            _check_safetensors_file(path)
+            raise CheckpointError(
+                f"{path} has no companion {js.name} (the step, config and optimizer structure)"
+            )
+    else:
+        if path.is_file():
+            _check_safetensors_file(path)  # raises with the reason for pickles and the like
+        raise CheckpointError(f"{path}: give a checkpoint folder, its .json or its .safetensors file")
+    if not js.is_file():
+        raise CheckpointError(f"no such checkpoint: {js}")
+    try:
+        meta = json.loads(js.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{js} is not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{js} is not a pfode training checkpoint (format {meta.get('format')!r})")
+    if meta.get("version") != VERSION:
+        raise CheckpointError(f"{js}: checkpoint version {meta.get('version')!r}, this pfode reads {VERSION}")
+    st = js.parent / meta["tensor_file"]
+    _check_safetensors_file(st)
+    if sha256_file(st) != meta["sha256"]:
+        raise CheckpointError(
+            f"{st} does not match the SHA-256 recorded in {js.name} (a torn or replaced file)"
+        )
+    tensors = load_file(str(st))
+    manifest = meta["manifest"]
+    expected = {
+        k: torch.empty(v["shape"], dtype=getattr(torch, v["dtype"]), device="meta")
+        for k, v in manifest.items()
+    }
+    check_tensors(expected, tensors, "the tensor file", str(st))
+    return Checkpoint(meta, tensors, js)
+
+
+def load_weights(model: torch.nn.Module, path, which: str = "ema") -> dict:
+    """Load the ``"ema"`` or ``"model"`` weights of a checkpoint into ``model`` (strict); return its JSON."""
+    if which not in ("ema", "model"):
+        raise ValueError(f"which={which!r} is unknown; valid values: ema, model")
+    ck = read_checkpoint(path)
+    sd = ck.section(which)
+    check_tensors(model.state_dict(), sd, f"the {which} weights", str(ck.json_path))
+    model.load_state_dict(sd, strict=True)
+    return ck.meta
