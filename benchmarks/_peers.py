@@ -1,8 +1,8 @@
 """Peer samplers for the benchmarks: k-diffusion's ``sampling.py`` (loaded by path) and diffusers schedulers.
 
 ``k_diffusion/__init__.py`` imports torchvision, scikit-image and more, none of which the samplers need.
-:func:`k_sampling` registers a stub package ``k_diffusion`` and a stub ``k_diffusion.utils`` that only
-provides ``append_dims`` (the one helper ``sampling.py`` uses), then executes ``sampling.py`` itself.
+:func:`k_sampling` executes ``sampling.py`` alone under a private module name (with a private ``utils`` that
+provides ``append_dims``, the one helper it uses), leaving ``sys.modules`` as it was.
 
 The diffusers helpers build the DDPM linear-beta schedulers with comparable options and run the
 standard pipeline loop (``scale_model_input`` -> model -> ``step``) with an epsilon model.

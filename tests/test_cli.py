@@ -24,13 +24,13 @@ TINY = """\
 data: {name: toy2d, kind: moons, n: 256, seed: 0}
 model: {name: mlp, width: 16, depth: 1, time_dim: 8}
 objective: {name: flow-matching, path: linear}
-train: {steps: 6, batch_size: 32, lr: 0.001, log_every: 2, ckpt_every: 3, sample_every: 3, sample_n: 64,
+train: {iterations: 6, batch_size: 32, lr: 0.001, log_every: 2, ckpt_every: 3, sample_every: 3, sample_n: 64,
         sample_nfe: 2, device: cpu, tensorboard: false}
 """
 
 
-def run(*args, cwd, script=False):
-    cmd = [_script()] if script else [sys.executable, "-m", "pfode.cli"]
+def run(*args, cwd, script=False, module="pfode.cli"):
+    cmd = [_script()] if script else [sys.executable, "-m", module]
     return subprocess.run([*cmd, *map(str, args)], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
 
 
@@ -70,11 +70,11 @@ def png_shape(path, kind):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A tiny training run (6 steps, checkpoints at 3 and 6), exported as a model pair."""
+    """A tiny training run (6 iterations, checkpoints at 3 and 6), exported as a model pair."""
     d = tmp_path_factory.mktemp("train")
     (d / "tiny.yaml").write_text(TINY)
     out = ok(run("train", "tiny.yaml", "--out", "run", "--quiet", "--export", "model/tiny", cwd=d))
-    assert "trained steps 0..6" in out
+    assert "trained iterations 0..6" in out
     return d
 
 
@@ -113,18 +113,21 @@ def test_train_resume_and_sample_from_the_run(run_dir, capsys, monkeypatch):
     assert meta["step"] == 6 and all(k.startswith("ema/") for k in meta["manifest"])
     # training again into the same folder needs --resume or --force
     fails(run("train", "tiny.yaml", "--out", "run", cwd=d), 1, "--resume", "--force")
-    # resume from the stored configuration, with more steps given as a flag
-    out = ok(run("train", "--resume", "run", "--steps", "8", "--quiet", cwd=d))
-    assert "trained steps 6..8" in out
+    # resume from the stored configuration, with more iterations given as a flag
+    out = ok(run("train", "--resume", "run", "--iterations", "8", "--quiet", cwd=d))
+    assert "trained iterations 6..8" in out
     # a run folder and an exported model both load with --model
     ok(run("sample", "--model", "run", "--n", "30", "--nfe", "4", "--out", "a.png", cwd=d))
     png_shape(d / "a.png", "scatter")
     ok(run("sample", "--model", "model/tiny.safetensors", "--n", "30", "--nfe", "4", "--out", "b.npz", cwd=d))
     # --force starts over (in-process: the same main() as the script)
     monkeypatch.chdir(d)
-    assert main(["train", "tiny.yaml", "--out", "run", "--force", "--quiet", "--steps", "2"]) == 0
-    assert "trained steps 0..2" in capsys.readouterr().out
+    assert main(["train", "tiny.yaml", "--out", "run", "--force", "--quiet", "--iterations", "2"]) == 0
+    assert "trained iterations 0..2" in capsys.readouterr().out
     assert sorted(p.name for p in (run_ / "checkpoints").glob("step-*.json")) == ["step-00000002.json"]
+    # python -m pfode.train is pfode train
+    out = ok(run("tiny.yaml", "--out", "run2", "--quiet", "--iterations", "1", cwd=d, module="pfode.train"))
+    assert "trained iterations 0..1" in out and (d / "run2" / "checkpoints" / "latest.json").is_file()
 
 
 def test_nll_invert_and_reflow(run_dir):
@@ -138,16 +141,18 @@ def test_nll_invert_and_reflow(run_dir):
         run(
             "reflow",
             "--teacher",
-            "model/tiny.json",
+            "run/checkpoints",
             "--out",
             "reflow",
             "--pairs",
             "64",
             "--pair-batch",
             "32",
+            "--solver",
+            "euler",
             "--nfe",
             "4",
-            "--steps",
+            "--iterations",
             "3",
             "--batch-size",
             "32",
@@ -160,7 +165,8 @@ def test_nll_invert_and_reflow(run_dir):
         )
     )
     assert "64 teacher pairs" in out
-    assert (d / "reflow" / "pairs" / "index.json").is_file() and (d / "student.safetensors").is_file()
+    assert json.loads((d / "reflow" / "pairs" / "index.json").read_text())["solver"] == "euler"
+    assert (d / "student.safetensors").is_file() and "trained iterations 0..3" in out
     student = json.loads((d / "student.json").read_text())
     assert student["spec"]["objective"]["coupling"] == "reflow"
 
@@ -169,6 +175,14 @@ def test_nll_on_the_analytic_target_matches_the_exact_density(tmp_path):
     out = ok(run("nll", "--model", "analytic:gmm", "--n", "16", cwd=tmp_path))
     diff = float(out.split("mean |difference| ")[1].rstrip(")\n"))
     assert diff < 0.05
+
+
+def test_nll_steps_are_grid_intervals(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["nll", "--model", "analytic:gmm", "--n", "16", "--solver", "rk4", "--steps", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "rk4 (12 steps)" in out and "NFE 48" in out  # 12 intervals of 4 evaluations
+    assert float(out.split("mean |difference| ")[1].rstrip(")\n")) < 0.05
 
 
 def test_bench_and_info(tmp_path):
@@ -199,6 +213,10 @@ def test_usage_errors(tmp_path, capsys, monkeypatch):
     fails_in(capsys, 2, ["invert", "--method", "bdia", "--solver", "dpm++2m"], "single-step")
     fails_in(capsys, 2, ["sample", "--model", "builtin:nope"], "builtin model")
     fails_in(capsys, 2, ["sample", "--model", "analytic:gmm", "--trajectories", "--out", "t.npz"], "trajectories")
+    # one vocabulary: --steps counts grid intervals, --iterations optimizer steps
+    for cmd in (["train", "x.yaml"], ["reflow"]):
+        fails_in(capsys, 2, [*cmd, "--steps", "5"], "--steps is the number of grid intervals", "--iterations")
+    fails_in(capsys, 2, ["nll", "--model", "analytic:gmm", "--solver", "heun"], "--steps N (grid intervals)")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -215,7 +233,9 @@ def test_file_and_config_errors(tmp_path, capsys, monkeypatch):
     (tmp_path / "key.yaml").write_text(TINY.replace("depth: 1", "depth: 1, dropout: 0.1"))
     fails_in(capsys, 1, ["train", "key.yaml"], "unknown key model.dropout")
     (tmp_path / "tkey.yaml").write_text(TINY.replace("lr: 0.001", "lr: 0.001, learning_rate: 1"))
-    fails_in(capsys, 1, ["train", "tkey.yaml"], "unknown key train.learning_rate")
+    fails_in(capsys, 1, ["train", "tkey.yaml"], "train: unknown training options ['learning_rate']", "valid options")
+    (tmp_path / "old.yaml").write_text(TINY.replace("iterations: 6", "steps: 6"))
+    fails_in(capsys, 1, ["train", "old.yaml"], "train.steps was renamed to train.iterations")
     (tmp_path / "section.yaml").write_text(TINY + "optim: {lr: 1}\n")
     fails_in(capsys, 1, ["train", "section.yaml"], "unknown section 'optim'")
     (tmp_path / "ok.yaml").write_text(TINY)

@@ -1,8 +1,8 @@
 """pfode.integrations.k_diffusion and pfode.integrations.flow_matching.
 
-k-diffusion's own samplers are loaded from ``k_diffusion/sampling.py`` by file path under a stub package
-(its ``__init__`` imports torchvision and more): the stub ``utils`` provides ``append_dims``, the one
-helper the ODE samplers compared here use.
+k-diffusion's own samplers are loaded from ``k_diffusion/sampling.py`` by file path under a private module
+name (its ``__init__`` imports torchvision and more), with a private ``utils`` providing ``append_dims``, the
+one helper the ODE samplers compared here use.
 """
 
 from __future__ import annotations
@@ -100,6 +100,18 @@ def test_extra_args_are_passed(ksampling, mixture):
     out = kd.sample_euler(model, x.clone(), sigmas, extra_args={"scale": 0.5})
     assert _rel(out, ref) < 1e-6
     assert _rel(out, kd.sample_euler(model, x.clone(), sigmas)) > 1e-3
+
+
+def test_load_sampling_leaves_no_stub_in_sys_modules(ksampling):
+    """A later ``import k_diffusion`` must get the real package, never a stub pfode left behind."""
+    import sys
+
+    assert kd.load_sampling() is ksampling and callable(ksampling.sample_euler)
+    for name in ("k_diffusion", "k_diffusion.utils", "k_diffusion.sampling"):
+        mod = sys.modules.get(name)
+        assert mod is None or getattr(mod, "__file__", None), name  # absent, or the real (file-backed) module
+    assert not [k for k in sys.modules if k.startswith("_pfode_k_diffusion")]
+    assert ksampling.utils.append_dims(torch.zeros(3), 3).shape == (3, 1, 1)
 
 
 # -- every pfode solver, k-diffusion signature -------------------------------------------------------

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pfode import plots
+from pfode.io import file_mode
 
 
 def _size(kind):
@@ -21,7 +22,7 @@ def _check_png(path, kind):
     assert img.std() > 0.01  # not blank
     leftovers = [p for p in os.listdir(os.path.dirname(path)) if p.startswith(".")]
     assert leftovers == []  # no temporary files left behind
-    assert os.stat(path).st_mode & 0o777 == plots.file_mode()  # not mkstemp's 0o600
+    assert os.stat(path).st_mode & 0o777 == file_mode()  # not mkstemp's 0o600
 
 
 def test_image_grid_layout():
@@ -52,6 +53,19 @@ def test_scatter_and_trajectories(tmp_path):
     _check_png(p, "trajectories")
     with pytest.raises(ValueError, match="times"):
         plots.trajectories_2d(traj, [1.0, 0.0], tmp_path / "bad.png")
+
+
+def test_trainer_sample_plots_and_trajectory_panels(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    _check_png(plots.save_samples(torch.rand(80, 1, 8, 8) * 2 - 1, tmp_path / "a" / "img.png", "x"), "grid")
+    x, ref = torch.randn(200, 3, generator=g), torch.randn(300, 3, generator=g)
+    _check_png(plots.save_samples(x, tmp_path / "b" / "vec.png", "x", reference=ref), "scatter")
+    _check_png(plots.save_samples(torch.randn(200, 1, generator=g), tmp_path / "c" / "hist.png"), "scatter")
+    traj = torch.cumsum(torch.randn(5, 30, 2, generator=g) * 0.3, 0)
+    p = plots.save_trajectories([("a", traj), ("b", traj.flip(0))], tmp_path / "d" / "panels.png")
+    img = mpimg.imread(p)
+    assert img.shape[:2] == (4 * plots.DPI, 8 * plots.DPI)
+    assert not [f for f in os.listdir(p.parent) if f.startswith(".")]
 
 
 def test_error_vs_nfe_skips_gaps(tmp_path):

@@ -1,8 +1,8 @@
 """PNG figures for pfode: sample grids, 2-D scatter plots and trajectories, error-vs-NFE curves, training curves.
 
 Every function draws on matplotlib's Agg canvas (no global backend switch, no display needed), writes the
-PNG atomically (a temporary file in the target folder, then ``os.replace``) and returns the path. Figure
-sizes are fixed (``SIZES``, in pixels at ``DPI``) so the files have predictable dimensions.
+PNG atomically through :func:`pfode.io.atomic_write` and returns the path. Figure sizes are fixed
+(``SIZES``, in pixels at ``DPI``) so the files have predictable dimensions.
 """
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
 from pathlib import Path as FsPath
 
 import numpy as np
 import torch
+
+from .io import atomic_write
 
 __all__ = [
     "DPI",
@@ -23,6 +24,8 @@ __all__ = [
     "sample_grid",
     "scatter_2d",
     "trajectories_2d",
+    "save_samples",
+    "save_trajectories",
     "error_vs_nfe",
     "training_curves",
     "read_metrics",
@@ -40,43 +43,25 @@ SIZES = {
 }
 
 
-def _figure(kind: str):
+def _figure(w, h: float | None = None):
+    """An Agg figure of kind ``w`` (a key of ``SIZES``) or of ``w`` x ``h`` inches."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=SIZES[kind], dpi=DPI)
+    fig = Figure(figsize=SIZES[w] if h is None else (w, h), dpi=DPI)
     FigureCanvasAgg(fig)
     return fig
 
 
-def file_mode() -> int:
-    """The mode a plain ``open()`` would give a new file (``0o666`` less the umask); temporary files from
-    ``tempfile.mkstemp`` are ``0o600``."""
-    um = os.umask(0)
-    os.umask(um)
-    return 0o666 & ~um
-
-
 def save_figure(fig, path, overwrite: bool = True) -> FsPath:
-    """Save ``fig`` as a PNG at ``path`` through a temporary file and ``os.replace``.
+    """Save ``fig`` as a PNG at ``path`` atomically (:func:`pfode.io.atomic_write`).
 
     With ``overwrite=False`` an existing file is an error (``FileExistsError``).
     """
     path = FsPath(os.fspath(path))
     if not overwrite and path.exists():
         raise FileExistsError(f"{path} exists (pass --force to overwrite it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=DPI)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
 
 
 def _np(x) -> np.ndarray:
@@ -201,6 +186,37 @@ def trajectories_2d(traj, times, path, title: str = "", n_lines: int = 300, time
         ax.set_title(title, fontsize=11)
     fig.tight_layout()
     return save_figure(fig, path, overwrite)
+
+
+def save_samples(x, path, title: str = "", reference=None, overwrite=True):
+    """The trainer's sample plot: a grid of images ``[N, C, H, W]`` (the first 64), a scatter plot of vectors
+    ``[N, D >= 2]`` over ``reference``, or a histogram of 1-D samples."""
+    if x.dim() == 4:
+        return sample_grid(x[:64], path, title, overwrite=overwrite)
+    if x.dim() == 2 and x.shape[1] >= 2:
+        return scatter_2d(x, path, title, reference=reference, overwrite=overwrite)
+    fig = _figure("scatter")
+    ax = fig.add_subplot(111)
+    ax.hist(_np(x).reshape(len(x), -1)[:, 0], bins=50)
+    ax.set_title(title, fontsize=11)
+    return save_figure(fig, path, overwrite)
+
+
+def save_trajectories(panels: list[tuple[str, torch.Tensor]], path, n_lines: int = 200, lim: float = 3.5):
+    """Side-by-side panels of 2-D trajectories ``[S+1, B, 2]`` (start: grey dots, end: red dots)."""
+    fig = _figure(4 * len(panels), 4)
+    for j, (title, traj) in enumerate(panels):
+        tr = _np(traj)[:, :n_lines]
+        ax = fig.add_subplot(1, len(panels), j + 1)
+        ax.plot(tr[..., 0], tr[..., 1], lw=0.4, c="C0", alpha=0.5)
+        ax.scatter(tr[0, :, 0], tr[0, :, 1], s=2, c="0.5")
+        ax.scatter(tr[-1, :, 0], tr[-1, :, 1], s=2, c="C3")
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
 # --- error vs NFE -------------------------------------------------------------------------------

@@ -58,49 +58,50 @@ def load_sampling():
     """k-diffusion's ``k_diffusion.sampling`` module without the rest of the package (cached).
 
     ``k_diffusion/__init__.py`` imports torchvision and more; its sampling module needs only torch, scipy,
-    torchdiffeq, torchsde and tqdm. With ``pip install --no-deps k-diffusion`` this loads ``sampling.py`` by
-    file path under a stub ``k_diffusion`` package whose ``utils`` has the one helper it uses
-    (``append_dims``). If the real package is already imported, its module is returned.
+    torchdiffeq, torchsde and tqdm. With ``pip install --no-deps k-diffusion`` this executes ``sampling.py``
+    from its file under a private module name, giving it a private ``utils`` with the one helper it uses
+    (``append_dims``). Nothing is left in ``sys.modules``: a later ``import k_diffusion`` imports the real
+    package. If the real package is already imported, its sampling module is returned.
     """
     global _K_SAMPLING
     if _K_SAMPLING is not None:
         return _K_SAMPLING
+    import importlib
     import importlib.machinery
     import importlib.util
     import sys
     import types
     from pathlib import Path
 
-    real = sys.modules.get("k_diffusion")
-    if real is not None and hasattr(real, "sampling"):
-        _K_SAMPLING = real.sampling
+    if "k_diffusion" in sys.modules:
+        _K_SAMPLING = importlib.import_module("k_diffusion.sampling")
         return _K_SAMPLING
     spec = importlib.machinery.PathFinder.find_spec("k_diffusion")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("k-diffusion is not installed: pip install --no-deps k-diffusion")
     pkg_dir = Path(list(spec.submodule_search_locations)[0])
-    pkg = real or types.ModuleType("k_diffusion")
-    if real is None:
-        pkg.__path__ = [str(pkg_dir)]
-        sys.modules["k_diffusion"] = pkg
-    if "k_diffusion.utils" not in sys.modules:
-        utils = types.ModuleType("k_diffusion.utils")
+    # sampling.py does ``from . import utils``: a private package, in sys.modules only while it runs
+    private = "_pfode_k_diffusion"
+    pkg = types.ModuleType(private)
+    pkg.__path__ = []
+    pkg.utils = types.ModuleType(f"{private}.utils")
 
-        def append_dims(x, target_dims):
-            if target_dims < x.ndim:
-                raise ValueError(f"input has {x.ndim} dims but target_dims is {target_dims}, which is less")
-            return x[(...,) + (None,) * (target_dims - x.ndim)]
+    def append_dims(x, target_dims):
+        if target_dims < x.ndim:
+            raise ValueError(f"input has {x.ndim} dims but target_dims is {target_dims}, which is less")
+        return x[(...,) + (None,) * (target_dims - x.ndim)]
 
-        utils.append_dims = append_dims
-        sys.modules["k_diffusion.utils"] = utils
-        pkg.utils = utils
-    mspec = importlib.util.spec_from_file_location("k_diffusion.sampling", pkg_dir / "sampling.py")
+    pkg.utils.append_dims = append_dims
+    mspec = importlib.util.spec_from_file_location(f"{private}.sampling", pkg_dir / "sampling.py")
     mod = importlib.util.module_from_spec(mspec)
-    sys.modules["k_diffusion.sampling"] = mod
-    mspec.loader.exec_module(mod)
-    pkg.sampling = mod
+    sys.modules[private] = pkg
+    try:
+        mspec.loader.exec_module(mod)
+    finally:
+        sys.modules.pop(private, None)
     _K_SAMPLING = mod
     return mod
+
 
 _NEUTRAL = {"s_churn": 0.0, "s_noise": 1.0}
 _IGNORED = ("s_tmin", "s_tmax")

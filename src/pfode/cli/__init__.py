@@ -1,0 +1,94 @@
+"""The ``pfode`` command line: sample, train, reflow, nll, invert, bench, info (one module per command).
+
+``pfode COMMAND --help`` describes each command. Models are given as ``--model``:
+
+* ``builtin:digits`` (the default) or ``builtin:moons`` -- small models shipped inside the package;
+* ``analytic:gmm[:DIM[:K]]`` -- an exact Gaussian mixture (default 2-D, 8 components) on ``--path``;
+* a model or checkpoint path: ``NAME.json`` / ``NAME.safetensors`` pairs as ``pfode train --export`` writes
+  them, a run folder or its ``checkpoints/`` folder (safetensors and JSON only; nothing is unpickled).
+
+Words mean one thing in every command: ``--nfe`` network evaluations, ``--steps`` grid intervals,
+``--iterations`` optimizer steps of training.
+
+Exit status: 0 on success, 2 for a wrong command line (unknown option or solver, an out-of-range value),
+1 for any other error (missing or malformed files, invalid configurations, an output that exists without
+``--force``), 130 when interrupted. Errors are one line ``pfode: error: ...`` on stderr; ``--verbose``
+adds the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+from . import bench, info, invert, nll, reflow, sample, train
+from .common import PROG, CLIError, Parser, UsageError, common_options, describe, one_line
+
+__all__ = ["main", "build_parser", "CLIError", "UsageError"]
+
+COMMANDS = (sample, train, reflow, nll, invert, bench, info)
+
+
+def build_parser() -> Parser:
+    from .. import __version__
+
+    ap = Parser(
+        prog=PROG,
+        description="The probability-flow ODE of diffusion and flow-matching models: sample, train, evaluate.",
+        epilog="Exit status: 0 success, 2 wrong command line, 1 other errors. 'pfode COMMAND --help' for details.",
+    )
+    ap.add_argument("--version", action="version", version=f"pfode {__version__}")
+    common_options(ap, suppress=False)
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for cmd in COMMANDS:
+        p = sub.add_parser(cmd.__name__.rsplit(".", 1)[1], help=cmd.HELP, description=cmd.HELP)
+        common_options(p, suppress=True)
+        p.set_defaults(func=cmd.run)
+        cmd.add_arguments(p)
+    return ap
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``pfode`` script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = any(a in ("-v", "--verbose") for a in argv)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        verbose = bool(getattr(args, "verbose", False))
+        if getattr(args, "command", None) is None:
+            parser.print_help(sys.stderr)
+            return 2
+        import torch
+
+        threads = getattr(args, "threads", None)
+        if threads is None and args.command not in ("train", "reflow"):
+            threads = 1
+        if threads is not None:
+            torch.set_num_threads(threads)
+        args.quiet = bool(getattr(args, "quiet", False))
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        if verbose:
+            traceback.print_exc()
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader went away (pfode info | head): stop quietly, as Unix tools do
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit-time flush quiet
+        except OSError:
+            pass
+        return 141
+    except CLIError as e:
+        if verbose:
+            traceback.print_exc()
+        print(f"{PROG}: error: {one_line(str(e))}", file=sys.stderr)
+        return e.code
+    except Exception as e:  # noqa: BLE001 - every error becomes one line
+        msg, expected = describe(e)
+        if verbose:
+            traceback.print_exc()
+        hint = "" if expected or verbose else " (run with --verbose for the traceback)"
+        print(f"{PROG}: error: {one_line(msg)}{hint}", file=sys.stderr)
+        return 1

@@ -1,0 +1,7 @@
+"""``python -m pfode.cli`` is the ``pfode`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
