@@ -8,6 +8,7 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 
 import pfode  # noqa: E402
+from pfode.engine import drive  # noqa: E402
 from pfode.integrations import diffusers as pfd  # noqa: E402
 from pfode.paths import Linear, VPDiscrete  # noqa: E402
 from pfode.solvers.base import Evaluator, Table  # noqa: E402
@@ -436,7 +437,7 @@ def test_scheduler_follows_edited_latents(unet, noise):
         for st in solver.plan(table):
             if st.i == 2:
                 y = y * 0.5
-            y, hist, _ = solver.step(ev, y, hist, st, table, None)
+            y, hist, _ = drive(solver.program(y, hist, st), ev)
     assert _rel(x, y) < 1e-6
 
 

@@ -85,7 +85,8 @@ def test_bdia_ddim_costs_one_evaluation_per_step_and_samples_well():
     x_T = torch.randn(64, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     exact = GAUSS.flow_map(x_T, path.t_max, path.t_min, path)
     grid = pfode.grid(path, 40)
-    x, nfe = bdia_sample(den, x_T, grid, return_info=True)
+    out = bdia_sample(den, x_T, grid, return_info=True)
+    x, nfe = out.x, out.nfe
     ddim = pfode.sample(den, x_T, grid, "ddim", denoise=False)
     assert nfe == 40
     assert float((x - exact).abs().max()) < float((ddim - exact).abs().max())

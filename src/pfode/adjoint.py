@@ -35,17 +35,18 @@ import math
 
 import torch
 
-from ._checks import check_choice, check_denoiser, check_int, check_state
-from .grids import as_grid
-from .grids import grid as make_grid
-from .likelihood import x0_of_y
+from ._checks import check_choice
+from .engine import PFODE, drive
 from .predictions import Denoiser
-from .solvers.base import Evaluator, Solver, Table, get
+from .solvers.base import Evaluator, Solver, available, get, run
 
-__all__ = ["adjoint_sample", "ADJOINT_METHODS", "CONTINUOUS_SOLVERS"]
+__all__ = ["adjoint_sample", "attach", "ADJOINT_METHODS", "GRADIENTS", "CONTINUOUS_SOLVERS"]
 
 ADJOINT_METHODS = ("discrete", "continuous")
-CONTINUOUS_SOLVERS = ("ddim", "dpm++2m")
+#: gradient strategies of the sampling loop (``pfode.sample(..., gradient=...)``)
+GRADIENTS = ("backprop", *ADJOINT_METHODS)
+#: registered solvers that supply the weights of the continuous adjoint (:meth:`Solver.adjoint_weights`)
+CONTINUOUS_SOLVERS = tuple(n for n in available() if get(n).adjoint_weights(None) is not None)
 
 
 # -- pytrees of tensors (solver histories are nested tuples of tensors) -----------------------------------
@@ -104,24 +105,18 @@ def _split_cond(cond):
     return keys, [cond[k] for k in keys], {k: v for k, v in cond.items() if k not in keys}
 
 
-def _solver(solver, method):
-    s = get(solver)
-    if method == "continuous":
-        name = solver if isinstance(solver, str) else getattr(s, "name", type(s).__name__)
-        if name not in CONTINUOUS_SOLVERS:
-            raise ValueError(
-                f"solver={name!r} is not supported by the continuous adjoint; supported: "
-                f"{', '.join(CONTINUOUS_SOLVERS)} (method='discrete' supports every fixed-step deterministic "
-                "solver)"
-            )
-        return s
-    if s.stochastic or getattr(s, "adaptive", False):
+def check_solver(s: Solver, method: str) -> Solver:
+    """Raise a ``ValueError`` unless the adjoint ``method`` can differentiate solver ``s``."""
+    if s.stochastic or s.adaptive:
         kind = "stochastic" if s.stochastic else "adaptive"
         raise ValueError(
-            f"solver {s.name!r} is {kind}: the adjoint supports fixed-step deterministic solvers: "
-            "ddim, dpm1, dpm2, dpm3, dpm-fast, dpm++2s, dpm++2m, dpm++3m, unipc, deis, ipndm, euler, heun, "
-            "midpoint, rk4 "
-            "(differentiate through pfode.sample directly for the others)"
+            f"solver {s.name!r} is {kind}: the adjoint supports fixed-step deterministic solvers "
+            "(use gradient='backprop' for the others)"
+        )
+    if method == "continuous" and s.adjoint_weights(None) is None:
+        raise ValueError(
+            f"solver={s.name!r} is not supported by the continuous adjoint; supported: "
+            f"{', '.join(CONTINUOUS_SOLVERS)} (method='discrete' supports every fixed-step deterministic solver)"
         )
     return s
 
@@ -154,29 +149,27 @@ class _Store:
 class _AdjointSample(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_T, setup, *tensors):
-        den, s, g, zero_end, n_params, cond_keys, cond_static, method = setup
+        sampler, n_params, cond_keys, cond_static, method = setup
         cond = {**cond_static, **dict(zip(cond_keys, tensors[n_params:]))}
-        table = Table(den.path, g, zero_end)
-        plan = s.plan(table)
-        ev = Evaluator(den, table, x_T, cond)
-        x, hist = x_T, None
+        s, plan = sampler.solver, sampler.plan
         states = []
         store = _Store(x_T)
-        for st in plan:
+
+        def keep(st, x, hist, x_next, hist_next, d):
             if method == "discrete":
+                h_in = _flatten(hist)
                 states.append((store.put(x), hist))
-            elif st.zero:
-                states.append((x, None))  # the state before the final denoising step
-            h_in = _flatten(hist)
-            x, hist, _ = s.step(ev, x, hist, st, table, None)
-            if method == "discrete":  # keep new history tensors in the pooled storage
-                hist = _unflatten(
-                    hist, [v if any(v is u for u in h_in) else store.put(v) for v in _flatten(hist)]
+                # keep new history tensors in the pooled storage
+                return _unflatten(
+                    hist_next, [v if any(v is u for u in h_in) else store.put(v) for v in _flatten(hist_next)]
                 )
-            else:
-                hist = _detach(hist)
+            if st.zero:
+                states.append((x, None))  # the state before the final denoising step
+            return _detach(hist_next)
+
+        x, _ = run(s, plan, x_T, sampler._evaluator(x_T, cond), None, keep)
         ctx.setup = setup
-        ctx.table, ctx.plan, ctx.states = table, plan, states
+        ctx.states = states
         ctx.x_final = x
         ctx.save_for_backward(*tensors)
         return x.clone()
@@ -184,21 +177,15 @@ class _AdjointSample(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        den, s, g, zero_end, n_params, cond_keys, cond_static, method = ctx.setup
+        sampler, n_params, cond_keys, cond_static, method = ctx.setup
         tensors = ctx.saved_tensors
         params = list(tensors[:n_params])
         cond_vals = list(tensors[n_params:])
         need = ctx.needs_input_grad
         want_p = [bool(need[2 + i]) for i in range(n_params)]
         want_c = [bool(need[2 + n_params + i]) for i in range(len(cond_vals))]
-        if method == "discrete":
-            gx, gp, gc = _discrete_backward(
-                ctx, den, s, params, cond_keys, cond_vals, cond_static, want_p, want_c, grad_out
-            )
-        else:
-            gx, gp, gc = _continuous_backward(
-                ctx, den, s, params, cond_keys, cond_vals, cond_static, want_p, want_c, grad_out
-            )
+        backward = _discrete_backward if method == "discrete" else _continuous_backward
+        gx, gp, gc = backward(ctx, sampler, params, cond_keys, cond_vals, cond_static, want_p, want_c, grad_out)
         return (gx, None, *gp, *gc)
 
 
@@ -234,11 +221,11 @@ def _accumulate(acc, new, scale: float = 1.0):
     return out
 
 
-def _discrete_backward(ctx, den, s, params, cond_keys, cond_vals, cond_static, want_p, want_c, grad_out):
-    table, plan, states = ctx.table, ctx.plan, ctx.states
+def _discrete_backward(ctx, sampler, params, cond_keys, cond_vals, cond_static, want_p, want_c, grad_out):
+    s, plan, states = sampler.solver, sampler.plan, ctx.states
     cond_in, p_in, c_in = _grad_targets(params, cond_vals, want_p, want_c)
     cond = {**cond_static, **dict(zip(cond_keys, cond_in))}
-    ev = Evaluator(den, table, grad_out, cond)
+    ev = sampler._evaluator(grad_out, cond)
     g_x = grad_out
     g_hist: list | None = None  # cotangents of the history leaves output by the current step
     acc_p = [None] * len(p_in)
@@ -250,7 +237,7 @@ def _discrete_backward(ctx, den, s, params, cond_keys, cond_vals, cond_static, w
             x_in = x_k.detach().requires_grad_(True)
             h_leaves = [v.detach().requires_grad_(True) for v in _flatten(hist_k)]
             h_in = _unflatten(hist_k, h_leaves)
-            out, h_out, _ = s.step(ev, x_in, h_in, st, table, None)
+            out, h_out, _ = drive(s.program(x_in, h_in, st), ev)
             outs, cots = [out], [g_x]
             if g_hist is not None:
                 for o, c in zip(_flatten(h_out), g_hist):
@@ -267,11 +254,11 @@ def _discrete_backward(ctx, den, s, params, cond_keys, cond_vals, cond_static, w
     return g_x, _scatter(acc_p, want_p, params), _scatter(acc_c, want_c, cond_vals)
 
 
-def _continuous_backward(ctx, den, s, params, cond_keys, cond_vals, cond_static, want_p, want_c, grad_out):
-    table, plan = ctx.table, ctx.plan
+def _continuous_backward(ctx, sampler, params, cond_keys, cond_vals, cond_static, want_p, want_c, grad_out):
+    s, table, plan = sampler.solver, sampler.table, sampler.plan
     cond_in, p_in, c_in = _grad_targets(params, cond_vals, want_p, want_c)
     cond = {**cond_static, **dict(zip(cond_keys, cond_in))}
-    second = s.name == "dpm++2m"
+    ode = PFODE(sampler.denoiser, "lam", cond)
     acc_p = [None] * len(p_in)
     acc_c = [None] * len(c_in)
     n = table.n_steps
@@ -279,7 +266,7 @@ def _continuous_backward(ctx, den, s, params, cond_keys, cond_vals, cond_static,
     a_x = grad_out
     if plan[-1].zero:  # final denoising step x = x0_hat(x_N): pull the cotangent through it
         x_n = ctx.states[-1][0]
-        ev = Evaluator(den, table, x_n, cond)
+        ev = Evaluator(sampler.denoiser, table, x_n, cond)
         with torch.enable_grad():
             xi = x_n.detach().requires_grad_(True)
             out = ev(xi, n - 1) * table[n].alpha
@@ -293,13 +280,14 @@ def _continuous_backward(ctx, den, s, params, cond_keys, cond_vals, cond_static,
     b = x.shape[0]
     y = x / pts[n].alpha
     a = a_x * pts[n].alpha  # dL/dy
-    prev = None  # (D_y, D_a, h) of the previous backward step
+    prev: list = []  # (D_y, D_a) of earlier backward steps, newest first
+    h_prev = None
     for k in range(n, -1, -1):
         p_cur = pts[k]
         t = torch.full((b,), p_cur.t, dtype=torch.float64, device=y.device)
         with torch.enable_grad():
             yy = y.detach().requires_grad_(True)
-            x0 = x0_of_y(den, yy, t, cond)
+            x0 = ode.denoise(yy, t)
             grads = list(torch.autograd.grad(x0, [yy, *p_in, *c_in], a, allow_unused=True))
         # trapezoid rule for int w dlam: the weight of grid point k is half of its two neighbouring intervals
         wk = 0.5 * (pts[k + 1].lam - p_cur.lam if k < n else 0.0)
@@ -310,20 +298,38 @@ def _continuous_backward(ctx, den, s, params, cond_keys, cond_vals, cond_static,
         if k == 0:
             break
         h = pts[k - 1].lam - p_cur.lam  # < 0: backwards in lam
-        d_y = x0.detach()
         d_a = grads[0] if grads[0] is not None else torch.zeros_like(a)
-        if second and prev is not None:
-            r = prev[2] / h
-            c0, c1 = 1.0 + 0.5 / r, -0.5 / r
-            comb_y, comb_a = c0 * d_y + c1 * prev[0], c0 * d_a + c1 * prev[1]
-        else:
-            comb_y, comb_a = d_y, d_a
-        # the ODE integrated in reverse (a DDIM / DPM-Solver++(2M) inversion step)
+        prev = [(x0.detach(), d_a), *prev]
+        w = s.adjoint_weights(None if h_prev is None else h_prev / h)
+        prev = prev[: len(w)]
+        comb_y = sum(c * v[0] for c, v in zip(w, prev))
+        comb_a = sum(c * v[1] for c, v in zip(w, prev))
+        # the ODE integrated in reverse (the forward solver's exponential integrator, run backwards)
         y = math.exp(-h) * y + (-math.expm1(-h)) * comb_y
         a = math.exp(h) * a + (-math.expm1(h)) * comb_a
-        prev = (d_y, d_a, h)
+        h_prev = h
     g_x = a / pts[0].alpha
     return g_x, _scatter(acc_p, want_p, params), _scatter(acc_c, want_c, cond_vals)
+
+
+def attach(sampler, x_T: torch.Tensor, cond: dict | None, method: str, params=None) -> torch.Tensor:
+    """Run a prepared :class:`pfode.Sampler` with the adjoint gradient ``method`` (``"discrete"`` or
+    ``"continuous"``): the samples, attached to the autograd graph through :class:`_AdjointSample`."""
+    method = check_choice("gradient", method, ADJOINT_METHODS)
+    check_solver(sampler.solver, method)
+    if method == "continuous":
+        bad = [p.t for p in sampler.table.points[: sampler.table.n_steps] if not (p.alpha > 0 and p.sigma > 0)]
+        last = sampler.table[sampler.table.n_steps]
+        if not sampler.zero_end and not (last.alpha > 0 and last.sigma > 0):
+            bad.append(last.t)
+        if bad:
+            raise ValueError(
+                f"the continuous adjoint needs alpha > 0 and sigma > 0 on the grid; not at t={bad[0]!r}"
+            )
+    p = _params(sampler.denoiser, params)
+    keys, vals, static = _split_cond(cond)
+    setup = (sampler, len(p), keys, static, method)
+    return _AdjointSample.apply(x_T, setup, *p, *vals)
 
 
 def adjoint_sample(
@@ -359,31 +365,10 @@ def adjoint_sample(
     Returns:
         the samples, shaped like ``x_T``, attached to the autograd graph.
     """
-    check_denoiser(denoiser)
-    check_state("x_T", x_T)
+    from .sample import sample
+
     method = check_choice("method", method, ADJOINT_METHODS)
-    s = _solver(solver, method)
-    path = denoiser.path
-    if grid is not None and nfe is not None:
-        raise ValueError("give either grid= or nfe=, not both")
-    if grid is None:
-        if nfe is None:
-            raise ValueError("give grid= (pfode.grid(path, steps)) or nfe= (evaluations to spend)")
-        check_int("nfe", nfe, 1)
-        steps, s = s.for_nfe(nfe, denoise)
-        g = make_grid(path, steps, spacing)
-    else:
-        if isinstance(grid, int) and not isinstance(grid, bool):
-            raise TypeError(f"grid={grid!r} is a number; pass nfe={grid} or pfode.grid(path, {grid})")
-        g = as_grid(path, grid)
-    zero_end = bool(denoise) and float(path.sigma(g[-1])) > 0
-    if method == "continuous":
-        bad = [float(t) for t in g if not (float(path.alpha(t)) > 0 and float(path.sigma(t)) > 0)]
-        if bad:
-            raise ValueError(
-                f"the continuous adjoint needs alpha > 0 and sigma > 0 on the grid; not at t={bad[0]!r}"
-            )
-    p = _params(denoiser, params)
-    keys, vals, static = _split_cond(cond)
-    setup = (denoiser, s, g, zero_end, len(p), keys, static, method)
-    return _AdjointSample.apply(x_T, setup, *p, *vals)
+    return sample(
+        denoiser, x_T, grid, solver, nfe=nfe, spacing=spacing, denoise=denoise, gradient=method, params=params,
+        cond=cond,
+    )

@@ -21,7 +21,7 @@ import torch
 from ._checks import as_f64, check_choice, check_finite_float, check_int
 from .paths import Path
 
-__all__ = ["grid", "as_grid", "SPACINGS"]
+__all__ = ["grid", "as_grid", "resolve", "SPACINGS"]
 
 SPACINGS = ("logsnr", "uniform", "karras", "quadratic")
 
@@ -92,6 +92,9 @@ def grid(
     return as_grid(path, g)
 
 
+_build = grid  # ``resolve`` takes an argument named ``grid``
+
+
 def as_grid(path: Path, g) -> torch.Tensor:
     """Validate a user's grid: 1-D, at least 2 finite times, strictly decreasing, inside the path's range.
 
@@ -122,3 +125,39 @@ def as_grid(path: Path, g) -> torch.Tensor:
             f"outside the range [{path.t_lo:g}, {path.t_hi:g}] of {path!r}"
         )
     return g
+
+
+def resolve(
+    path: Path,
+    solver,
+    grid=None,
+    nfe: int | None = None,
+    *,
+    spacing: str = "logsnr",
+    t_start: float | None = None,
+    t_end: float | None = None,
+    denoise: bool = True,
+):
+    """The one resolution of a run request into ``(grid, solver)``; every entry point calls it.
+
+    Give ``grid`` (decreasing path times) or ``nfe`` (network evaluations: the ``spacing`` grid from
+    ``t_start`` to ``t_end`` with as many steps as ``solver`` can spend exactly, plus one for the final
+    denoising step when ``denoise``). ``solver.for_nfe`` may return another solver object for that budget
+    (e.g. DPM-Solver-fast's order list). ``steps`` is never a number of evaluations: pass ``nfe`` for that.
+    """
+    if grid is not None and nfe is not None:
+        raise ValueError("give either grid= or nfe=, not both")
+    if grid is None:
+        if nfe is None:
+            raise ValueError("give grid= (pfode.grid(path, steps)) or nfe= (evaluations to spend)")
+        check_int("nfe", nfe, 1)
+        te = path.t_min if t_end is None else t_end
+        if denoise and float(path.sigma(te)) == 0.0:
+            raise ValueError(
+                f"with nfe=, end the grid above zero noise (t_end={te!r} has sigma = 0); denoise=True finishes there"
+            )
+        steps, solver = solver.for_nfe(nfe, denoise)
+        return _build(path, steps, spacing, t_start=t_start, t_end=t_end), solver
+    if isinstance(grid, int) and not isinstance(grid, bool):
+        raise TypeError(f"grid={grid!r} is a number; pass nfe={grid} or pfode.grid(path, {grid})")
+    return as_grid(path, grid), solver

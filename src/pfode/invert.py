@@ -43,12 +43,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._checks import check_choice, check_denoiser, check_finite_float, check_int, check_state
-from .grids import as_grid
-from .grids import grid as make_grid
-from .predictions import Denoiser
+from ._checks import check_choice, check_finite_float, check_state
+from .engine import drive
+from .grids import resolve
+from .predictions import Denoiser, check_denoiser
+from .sample import SampleOutput
 from .sample import sample as pf_sample
-from .solvers.base import Evaluator, Solver, Table, get
+from .solvers.base import Evaluator, Solver, Table, get, run
 
 __all__ = ["invert", "bdia_sample", "round_trip", "InversionOutput", "RoundTrip", "METHODS"]
 
@@ -106,28 +107,13 @@ def _deterministic(solver) -> Solver:
 
 def _sampling_grid(den, s, grid, nfe, spacing, t_start, t_end):
     """The decreasing sampling grid whose mirror image inversion integrates (no final denoising step)."""
-    path = den.path
-    if grid is not None and nfe is not None:
-        raise ValueError("give either grid= or nfe=, not both")
-    if grid is None:
-        if nfe is None:
-            raise ValueError(
-                "give grid= (a sampling grid, pfode.grid(path, steps)) or nfe= (evaluations to spend)"
-            )
-        check_int("nfe", nfe, 1)
-        if getattr(s, "adaptive", False):
-            raise ValueError("dopri5 chooses its own evaluations; give grid= (only its two ends are used)")
-        steps, s = s.for_nfe(nfe, False)
-        g = make_grid(path, steps, spacing, t_start=t_start, t_end=t_end)
-    else:
-        if isinstance(grid, int) and not isinstance(grid, bool):
-            raise TypeError(f"grid={grid!r} is a number; pass nfe={grid} or pfode.grid(path, {grid})")
-        g = as_grid(path, grid)
-    if float(path.sigma(g[-1])) == 0.0:
+    if nfe is not None and s.adaptive:
+        raise ValueError(f"{s.name} chooses its own evaluations; give grid= (only its two ends are used)")
+    g, s = resolve(den.path, s, grid, nfe, spacing=spacing, t_start=t_start, t_end=t_end, denoise=False)
+    if float(den.path.sigma(g[-1])) == 0.0:
         raise ValueError(
             f"the grid ends at zero noise (t={float(g[-1])!r}); inversion starts at the grid's last time, "
-            "which "
-            "needs sigma > 0: end the grid at t_min (pfode.grid's default)"
+            "which needs sigma > 0: end the grid at t_min (pfode.grid's default)"
         )
     return g, s
 
@@ -145,35 +131,30 @@ class _Steps:
         key = (t_from, t_to)
         if key not in self.cache:
             table = Table(self.den.path, torch.tensor([t_from, t_to], dtype=torch.float64), False)
-            plan = self.solver.plan(table)
-            ev = Evaluator(self.den, table, self.like, self.cond)
-            self.cache[key] = (table, plan[0], ev)
+            self.cache[key] = (self.solver.plan(table)[0], Evaluator(self.den, table, self.like, self.cond))
         return self.cache[key]
 
     def d0(self, x, t_from: float, t_to: float) -> torch.Tensor:
-        _, _, ev = self._get(t_from, t_to)
         self.count += 1
-        return ev(x, 0)
+        return self._get(t_from, t_to)[1](x, 0)
 
     def delta(self, x, t_from: float, t_to: float, d0: torch.Tensor | None = None) -> torch.Tensor:
         """``Delta(t_from -> t_to | x)``: one step minus ``x``; ``d0``: ``x0_hat(x, t_from)`` if known."""
-        table, st, ev = self._get(t_from, t_to)
-        counter = self
+        st, ev = self._get(t_from, t_to)
 
-        class _Ev:
-            def __call__(self, xx, k):
-                if k == 0 and d0 is not None:
-                    return d0
-                counter.count += 1
-                return ev(xx, k)
+        def evaluate(xx, k):
+            if k == 0 and d0 is not None:
+                return d0
+            self.count += 1
+            return ev(xx, k)
 
-        out, _, _ = self.solver.step(_Ev(), x, None, st, table, None)
+        out, _, _ = drive(self.solver.program(x, None, st), evaluate)
         return out - x
 
 
 def _bdia_solver(solver) -> Solver:
     s = _deterministic(solver)
-    if getattr(s, "adaptive", False) or s.multistep:
+    if s.adaptive or s.multistep:
         raise ValueError(
             f"method='bdia' needs a single-step solver (its update must depend on x_k alone): 'ddim', "
             "'dpm1', "
@@ -255,16 +236,14 @@ def invert(
             x_lo, x_hi, g, steps.count, {"method": "bdia", "gamma": gamma, "solver": s.name}
         )
         return out if return_info else out.x_T
-    if getattr(s, "adaptive", False):
-        x, info = s.sample(denoiser, x0, float(g[-1]), float(g[0]), cond)
+    if s.adaptive:
+        x, info = s.solve(denoiser, x0, float(g[-1]), float(g[0]), cond)
         out = InversionOutput(x, None, g, info["nfe"], {"method": "plain", "solver": s.name, **info})
         return out if return_info else x
     table = Table(path, g.flip(0), False)
     plan = s.plan(table)
     ev = Evaluator(denoiser, table, x0, cond)
-    x, hist = x0, None
-    for st in plan:
-        x, hist, _ = s.step(ev, x, hist, st, table, None)
+    x, _ = run(s, plan, x0, ev)
     out = InversionOutput(x, None, g, ev.count, {"method": "plain", "solver": s.name})
     return out if return_info else x
 
@@ -293,7 +272,7 @@ def bdia_sample(
             first step is a plain solver step, as in generation.
         denoise: finish with ``x0_hat`` at the grid's last time (one more evaluation).
         cond: keyword arguments for the network.
-        return_info: return ``(x, nfe)``.
+        return_info: return a :class:`pfode.SampleOutput` (samples, grid times, evaluations spent).
     Returns:
         the state at the grid's last time (or the denoised sample), shaped like ``x_T``.
     """
@@ -301,9 +280,7 @@ def bdia_sample(
     check_state("x_T", x_T)
     s = _bdia_solver(solver)
     gamma = _check_gamma(gamma)
-    if isinstance(grid, int) and not isinstance(grid, bool):
-        raise TypeError(f"grid={grid!r} is a number; pass pfode.grid(path, {grid})")
-    g = as_grid(denoiser.path, grid)
+    g, _ = resolve(denoiser.path, s, grid)
     ts = _times(g)
     n = len(ts) - 1
     if float(denoiser.path.sigma(g[-1])) == 0.0 and n > 1:
@@ -330,7 +307,10 @@ def bdia_sample(
         table = Table(denoiser.path, g[-1:], True)
         x_cur = Evaluator(denoiser, table, x_cur, cond)(x_cur, 0)
         nfe += 1
-    return (x_cur, nfe) if return_info else x_cur
+    if not return_info:
+        return x_cur
+    times = ts + ([float(denoiser.path.t_lo)] if denoise else [])
+    return SampleOutput(x_cur, None, times, nfe, {"method": "bdia", "gamma": gamma, "solver": s.name})
 
 
 def round_trip(
@@ -367,16 +347,16 @@ def round_trip(
         return_info=True,
     )
     if method == "bdia":
-        x_rec, n2 = bdia_sample(
+        out = bdia_sample(
             denoiser, inv.x_T, inv.grid, solver, gamma=gamma, x_next=inv.x_next, cond=cond, return_info=True
         )
     else:
         s = get(solver)
-        if nfe is not None and not getattr(s, "adaptive", False):
+        if nfe is not None and not s.adaptive:
             _, s = s.for_nfe(nfe, False)  # the solver inversion used (e.g. dpm-fast's order list)
-        g = inv.grid[[0, -1]] if getattr(s, "adaptive", False) else inv.grid
+        g = inv.grid[[0, -1]] if s.adaptive else inv.grid
         out = pf_sample(denoiser, inv.x_T, g, s, denoise=False, cond=cond, return_info=True)
-        x_rec, n2 = out.x, out.nfe
+    x_rec, n2 = out.x, out.nfe
     diff = (x_rec - x0).to(torch.float64)
     rel = float(diff.norm() / x0.to(torch.float64).norm().clamp_min(1e-300))
     mae = float(diff.abs().max())

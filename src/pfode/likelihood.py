@@ -46,15 +46,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._checks import as_f64, check_choice, check_denoiser, check_finite_float, check_int, check_state
+from ._checks import as_f64, check_choice, check_finite_float, check_int, check_state
+from .engine import DOPRI5, PFODE, PIController, drive, rk_stages, solve_adaptive
 from .grids import as_grid
-from .predictions import Coeffs, Denoiser, to_x0_eps
-from .solvers.adaptive import _A as _DP_A
-from .solvers.adaptive import _C as _DP_C
-from .solvers.adaptive import _E as _DP_E
-from .solvers.adaptive import Dopri5
+from .predictions import Denoiser, check_denoiser
+from .solvers.adaptive import batch_view
 from .solvers.base import Solver, get
-from .solvers.rk import RK
 
 __all__ = ["LikelihoodOutput", "BitsPerDimOutput", "log_likelihood", "bits_per_dim", "DIVERGENCES", "NOISES"]
 
@@ -145,30 +142,14 @@ def hutchinson_divergence(out: torch.Tensor, inp: torch.Tensor, probes: torch.Te
     return (g * probes).reshape(probes.shape[0], inp.shape[0], -1).to(torch.float64).sum(-1)
 
 
-# -- the denoiser as a function of y ------------------------------------------------------------------
-def x0_of_y(den: Denoiser, y: torch.Tensor, t: torch.Tensor, cond: dict | None) -> torch.Tensor:
-    """``x0_hat(alpha(t) y, t)`` for per-sample path times ``t`` (``[B]`` float64); differentiable in y."""
-    c = Coeffs.at(den.path, t, like=y)
-    x = y * c.alpha
-    out = den.raw(x, den.time_tensor(t, x), cond)
-    x0, _ = to_x0_eps(den.prediction, out, x, c)
-    return x0
-
-
 def trig_velocity(den: Denoiser, w: torch.Tensor, theta: torch.Tensor, cond: dict | None) -> torch.Tensor:
     """``dw/dtheta = cos(theta) eps_hat - sin(theta) x0_hat`` at per-sample ``theta`` (``[B]`` float64).
 
     ``w = cos(theta) x / alpha(t)`` is the state of the trigonometric path with the same ``lam`` as the
     path time ``t`` (``tan(theta) = sigma / alpha``), so the network sees ``x = sqrt(alpha^2 + sigma^2) w``.
-    Differentiable in ``w``.
+    Differentiable in ``w``. (:class:`pfode.engine.PFODE` in ``theta``.)
     """
-    t = den.path.t_of_lam(-torch.log(torch.tan(theta)))
-    c = Coeffs.at(den.path, t, like=w)
-    view = (-1,) + (1,) * (w.dim() - 1)
-    x = w * torch.hypot(c.alpha, c.sigma)
-    out = den.raw(x, den.time_tensor(t, x), cond)
-    x0, eps = to_x0_eps(den.prediction, out, x, c)
-    return torch.cos(theta).reshape(view).to(w.dtype) * eps - torch.sin(theta).reshape(view).to(w.dtype) * x0
+    return PFODE(den, "theta", cond).velocity(w, theta)[0]
 
 
 def _check_x(x: torch.Tensor) -> torch.Tensor:
@@ -194,23 +175,22 @@ def _first_eval(fn, name: str, x: torch.Tensor):
         raise
 
 
-def _times(path, t_min, t_max):
-    t0 = path.t_min if t_min is None else check_finite_float("t_min", t_min)
-    t1 = path.t_max if t_max is None else check_finite_float("t_max", t_max)
+def _times(path, t_start, t_end):
+    t1 = path.t_max if t_start is None else check_finite_float("t_start", t_start)
+    t0 = path.t_min if t_end is None else check_finite_float("t_end", t_end)
     if not t0 < t1:
-        raise ValueError(f"t_min={t0!r} must be smaller than t_max={t1!r}")
+        raise ValueError(f"t_end={t0!r} (the data end) must be smaller than t_start={t1!r} (the noise end)")
     if t0 < path.t_lo or t1 > path.t_hi:
         raise ValueError(
-            f"[t_min, t_max] = [{t0!r}, {t1!r}] lies outside the range [{path.t_lo:g}, {path.t_hi:g}]"
+            f"[t_end, t_start] = [{t0!r}, {t1!r}] lies outside the range [{path.t_lo:g}, {path.t_hi:g}]"
         )
     l0, l1 = float(path.lam(t0)), float(path.lam(t1))
     if not (math.isfinite(l0) and math.isfinite(l1)):
         raise ValueError(
-            "the likelihood integrates in lam = log(alpha/sigma), which must be finite at "
-            f"t_min={t0!r} (lam={l0}) "
-            f"and t_max={t1!r} (lam={l1}); use times with alpha > 0 and sigma > 0"
+            "the likelihood integrates between finite lam = log(alpha/sigma): "
+            f"t_end={t0!r} has lam={l0} and t_start={t1!r} has lam={l1}; use times with alpha > 0 and sigma > 0"
         )
-    return t0, t1, l0, l1
+    return t0, t1
 
 
 def _resolve(path, solver, grid, t0, t1):
@@ -221,7 +201,7 @@ def _resolve(path, solver, grid, t0, t1):
         tol = 1e-9 * max(1.0, abs(t1))
         if abs(float(g[0]) - t1) > tol or abs(float(g[-1]) - t0) > 1e-9 * max(1.0, abs(t0)):
             raise ValueError(
-                f"grid must span [t_min, t_max] = [{t0!r}, {t1!r}] (from t_max down to t_min), got "
+                f"grid must span [t_end, t_start] = [{t0!r}, {t1!r}] (from t_start down to t_end), got "
                 f"[{float(g[-1])!r}, {float(g[0])!r}]"
             )
         if solver is None:
@@ -229,14 +209,14 @@ def _resolve(path, solver, grid, t0, t1):
     elif solver is None:
         solver = "dopri5"
     s = get(solver)
-    if isinstance(s, Dopri5):
+    if s.adaptive:
         if grid is not None:
             raise ValueError(
-                "solver='dopri5' chooses its own steps; with grid= use a fixed-step solver: euler, heun, "
+                f"solver={s.name!r} chooses its own steps; with grid= use a fixed-step solver: euler, heun, "
                 "midpoint, rk4"
             )
         return s, None
-    if not isinstance(s, RK):
+    if getattr(s, "tableau", None) is None:
         raise ValueError(
             f"solver={getattr(s, 'name', solver)!r} cannot integrate the log-density; use 'dopri5' "
             "(adaptive) "
@@ -244,7 +224,7 @@ def _resolve(path, solver, grid, t0, t1):
         )
     if grid is None:
         raise ValueError(
-            f"solver={s.name!r} is fixed-step: give grid= (pfode.grid(path, steps)) spanning [t_min, t_max]"
+            f"solver={s.name!r} is fixed-step: give grid= (pfode.grid(path, steps)) spanning [t_end, t_start]"
         )
     return s, g
 
@@ -258,126 +238,6 @@ def _probes(x, k, noise, generator):
     else:
         v = torch.randn(shape, generator=generator, device=dev, dtype=dt)
     return v.to(device=x.device, dtype=x.dtype)
-
-
-def _theta(path, t: float) -> float:
-    """``theta = atan(sigma / alpha)`` of path time ``t`` (in ``(0, pi/2)`` where both are positive)."""
-    return math.atan2(float(path.sigma(t)), float(path.alpha(t)))
-
-
-def _rk_integrate(rk: RK, rhs, u, e, lams):
-    """Fixed-step explicit Runge-Kutta (the tableau of ``rk``) through the times ``lams`` (of ``theta``)."""
-    b = u.shape[0]
-    nfe = 0
-    for l0, l1 in zip(lams[:-1], lams[1:]):
-        h = l1 - l0
-        ks, kes = [], []
-        for ci, row in zip(rk.c, rk.a):
-            ui, ei = u, e
-            for w, kj, kej in zip(row, ks, kes):
-                if w != 0.0:
-                    ui = ui + (h * w) * kj
-                    ei = ei + (h * w) * kej
-            li = l0 if ci == 0.0 else (l1 if ci == 1.0 else l0 + ci * h)
-            ki, kei = rhs(ui, torch.full((b,), li, dtype=torch.float64, device=u.device), ei)
-            nfe += 1
-            ks.append(ki)
-            kes.append(kei)
-        for w, kj, kej in zip(rk.b, ks, kes):
-            if w != 0.0:
-                u = u + (h * w) * kj
-                e = e + (h * w) * kej
-    return u, e, nfe
-
-
-def _dopri5_augmented(
-    rhs,
-    u,
-    e,
-    th0: float,
-    th1: float,
-    rtol: float,
-    atol: float,
-    h0: float,
-    max_evals: int,
-    control: str,
-    e_scale: float | None = None,
-):
-    """Dormand-Prince 5(4) (the tableau of :class:`pfode.solvers.Dopri5`) on the augmented state ``(u, e)``.
-
-    Unlike ``Dopri5.integrate`` the log-density ``e`` ([K, B]) is error-controlled too, to an absolute
-    ``atol * e_scale`` nats (``e_scale = d``: ``atol`` nats per dimension, the unit the likelihood is judged
-    in; a tolerance relative to ``|e|`` would depend on the integration variable, which shifts ``e`` by a
-    known constant): the error norm of a sample is ``max(RMS over u, max over probes of |err_e| /
-    (atol e_scale))`` (``e_scale=None``: the RMS over ``u`` alone, so that the steps do not depend on
-    Hutchinson probes). ``control="sample"`` accepts or rejects each sample's step on its own error (a
-    sample's result does not depend on the batch); ``"batch"`` uses the RMS of the per-sample norms (one
-    step size for the batch, as torchdiffeq). A PI step-size controller (Gustafsson) limits rejections.
-    """
-    b = u.shape[0]
-    dev = u.device
-    view = (-1,) + (1,) * (u.dim() - 1)
-    th = torch.full((b,), th0, dtype=torch.float64, device=dev)
-    direction = 1.0 if th1 > th0 else -1.0
-    h = torch.full((b,), h0, dtype=torch.float64, device=dev)
-    prev_err = torch.ones(b, dtype=torch.float64, device=dev)
-    accepted = torch.zeros(b, dtype=torch.long, device=dev)
-    rejected = torch.zeros(b, dtype=torch.long, device=dev)
-    nfe = 0
-
-    def f(uu, ll, ee):
-        nonlocal nfe
-        nfe += 1
-        if nfe > max_evals:
-            raise RuntimeError(
-                f"the likelihood solve used more than max_evals={max_evals} evaluations; loosen rtol/atol"
-            )
-        return rhs(uu, ll, ee)
-
-    k1, ke1 = f(u, th, e)
-    span = abs(th1 - th0)
-    while True:
-        remaining = (th1 - th) * direction
-        active = remaining > 1e-12 * (1.0 + abs(th1))
-        if not bool(active.any()):
-            break
-        hh = torch.where(active, torch.minimum(h, remaining), torch.zeros_like(h)) * direction
-        hx = hh.to(u.dtype).reshape(view)
-        ks, kes = [k1], [ke1]
-        for i in range(1, 7):
-            ui, ei = u, e
-            for a, kj, kej in zip(_DP_A[i], ks, kes):
-                if a != 0.0:
-                    ui = ui + (a * hx) * kj
-                    ei = ei + (a * hh) * kej
-            ki, kei = f(ui, th + _DP_C[i] * hh, ei)
-            ks.append(ki)
-            kes.append(kei)
-        u5, e5 = ui, ei  # FSAL: stage 7 is evaluated at the 5th-order solution
-        err_u = sum((c * hx) * k for c, k in zip(_DP_E, ks) if c != 0.0)
-        err_e = sum((c * hh) * k for c, k in zip(_DP_E, kes) if c != 0.0)
-        sc_u = atol + rtol * torch.maximum(u.abs(), u5.abs())
-        n_u = ((err_u / sc_u) ** 2).reshape(b, -1).mean(1).to(torch.float64)
-        if e_scale is not None:
-            n_u = torch.maximum(n_u, (err_e / (atol * e_scale)).square().amax(0))
-        err = torch.sqrt(n_u)
-        if control == "batch":
-            err = torch.sqrt((err[active] ** 2).mean()).expand(b)
-        ok = (err <= 1.0) & active
-        okx = ok.reshape(view)
-        u = torch.where(okx, u5, u)
-        e = torch.where(ok, e5, e)
-        k1 = torch.where(okx, ks[6], k1)
-        ke1 = torch.where(ok, kes[6], ke1)
-        th = torch.where(ok, th + hh, th)
-        accepted += ok.long()
-        rejected += (active & ~ok).long()
-        ec = err.clamp_min(1e-10)
-        fac = 0.9 * ec ** (-0.7 / 5.0) * prev_err ** (0.4 / 5.0)
-        fac = torch.where(ok, fac.clamp(0.2, 5.0), (0.9 * ec**-0.2).clamp(0.1, 0.9))
-        prev_err = torch.where(ok, ec, prev_err)
-        h = torch.where(active, (hh.abs() * fac).clamp(max=span), h)
-    return u, e, {"nfe": nfe, "accepted_steps": accepted.cpu(), "rejected_steps": rejected.cpu()}
 
 
 def log_likelihood(
@@ -394,8 +254,8 @@ def log_likelihood(
     prior: Callable[[torch.Tensor], torch.Tensor] | None = None,
     generator: torch.Generator | None = None,
     cond: dict | None = None,
-    t_min: float | None = None,
-    t_max: float | None = None,
+    t_start: float | None = None,
+    t_end: float | None = None,
     max_evals: int = 100_000,
     control: str = "sample",
     h0: float = 0.05,
@@ -422,7 +282,8 @@ def log_likelihood(
             ``(E|x0|^2 / sigma_max^2)/2`` on EDM/VE paths). Pass the exact marginal where it is known.
         generator: draws the Hutchinson probes.
         cond: keyword arguments for the network.
-        t_min, t_max: ends of the integration (default the path's); both need ``alpha, sigma > 0``.
+        t_start, t_end: the noise end (default ``t_max``) and the data end (default ``t_min``) of the
+            integration, as in :func:`pfode.sample`; both need ``alpha, sigma > 0``.
         max_evals: stop ``dopri5`` with an error after this many evaluations.
         control: ``dopri5`` step control: ``"sample"`` (each sample accepts or rejects its steps on its own
             error; results do not depend on the batch) or ``"batch"`` (one step size for the batch from
@@ -444,7 +305,7 @@ def log_likelihood(
     if prior is not None and not callable(prior):
         raise TypeError(f"prior must be a callable prior(x_T) -> [B] log-density, got {type(prior).__name__}")
     path = denoiser.path
-    t0, t1, l0, l1 = _times(path, t_min, t_max)
+    t0, t1 = _times(path, t_start, t_end)
     s, g = _resolve(path, solver, grid, t0, t1)
     control = check_choice("control", control, ("sample", "batch"))
     h0 = check_finite_float("h0", h0, 0.0, strict=True)
@@ -474,21 +335,43 @@ def log_likelihood(
                 div = hutchinson_divergence(v, ww, z)
         return v.detach().to(w.dtype), div
 
+    ode = PFODE(denoiser, "theta", cond)
     a0, a1 = float(path.alpha(t0)), float(path.alpha(t1))
-    th0, th1 = _theta(path, t0), _theta(path, t1)
+    th0, th1 = ode.v_of_t(t0), ode.v_of_t(t1)
     c0, c1 = math.cos(th0), math.cos(th1)
     w = x.detach() * (c0 / a0)
     e = torch.zeros(k, x.shape[0], dtype=torch.float64, device=x.device)
-    info: dict = {"t_min": t0, "t_max": t1, "solver": s.name}
-    if isinstance(s, Dopri5):
-        w, e, dinfo = _dopri5_augmented(
-            rhs, w, e, th0, th1, rtol, atol, h0, max_evals, control, e_scale=d if divergence == "exact" else None
+    info: dict = {"t_start": t1, "t_end": t0, "solver": s.name}
+    views = [batch_view(w), lambda h: h]
+    if s.adaptive:
+        e_scale = d if divergence == "exact" else None
+        b = x.shape[0]
+
+        def norm(u, new, err):
+            sc = atol + rtol * torch.maximum(u[0].abs(), new[0].abs())
+            n_u = ((err[0] / sc) ** 2).reshape(b, -1).mean(1).to(torch.float64)
+            if e_scale is not None:
+                n_u = torch.maximum(n_u, (err[1] / (atol * e_scale)).square().amax(0))
+            return torch.sqrt(n_u)
+
+        (w, e), dinfo = solve_adaptive(
+            lambda u, th: rhs(u[0], th, u[1]), [w, e], th0, th1, error_norm=norm, views=views, tab=DOPRI5,
+            h0=torch.full((b,), h0, dtype=torch.float64, device=x.device), controller=PIController(),
+            control=control, max_step=abs(th1 - th0), max_evals=max_evals, what="the likelihood solve",
         )
         info.update(dinfo)
     else:
-        ths = [_theta(path, float(tt)) for tt in g.flip(0)]
+        ths = [ode.v_of_t(float(tt)) for tt in g.flip(0)]
         ths[0], ths[-1] = th0, th1
-        w, e, _ = _rk_integrate(s, rhs, w, e, ths)
+        for v0, v1 in zip(ths[:-1], ths[1:]):
+            h = v1 - v0
+
+            def f(ui, i, v0=v0, v1=v1, h=h):
+                ci = s.tableau.c[i]
+                vi = v0 if ci == 0.0 else (v1 if ci == 1.0 else v0 + ci * h)
+                return rhs(ui[0], torch.full((x.shape[0],), vi, dtype=torch.float64, device=x.device), ui[1])
+
+            (w, e), _ = drive(rk_stages(s.tableau, [w, e], [h, h]), f)
         info["steps"] = len(ths) - 1
     nfe = counter["n"]
     x_T = w * (a1 / c1)
@@ -620,8 +503,8 @@ def bits_per_dim(
     dequantization = check_choice("dequantization", dequantization, DEQUANTIZATIONS)
     tau = check_finite_float("tau", tau, 0.0, strict=True)
     check_int("samples", samples, 1)
-    if "t_min" in likelihood_options:
-        raise ValueError("bits_per_dim sets t_min itself (t_min of the path, or t_e for truncated-normal)")
+    if "t_end" in likelihood_options:
+        raise ValueError("bits_per_dim sets t_end itself (t_min of the path, or t_e for truncated-normal)")
     lo, hi = (float(v) for v in data_range)
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise ValueError(f"data_range={data_range!r} must be two finite numbers, low < high")
@@ -662,7 +545,7 @@ def bits_per_dim(
             s_ratio = s_e / a_e
             log_q = truncated_normal_logpdf(z, tau) - d * math.log(s_ratio)
             extra = d * math.log(a_e)
-        out = log_likelihood(denoiser, xe, t_min=t_eval, generator=generator, **likelihood_options)
+        out = log_likelihood(denoiser, xe, t_end=t_eval, generator=generator, **likelihood_options)
         nfe += out.nfe
         bounds.append(out.logp + extra - log_q)
     w = torch.stack(bounds)  # [S, B]

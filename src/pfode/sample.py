@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import math
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from ._checks import check_denoiser, check_int, check_state
-from .grids import as_grid
-from .grids import grid as make_grid
-from .predictions import Denoiser
-from .solvers.base import Evaluator, Solver, Table, get
+from . import adjoint
+from ._checks import check_choice, check_state
+from .grids import resolve
+from .predictions import Denoiser, check_denoiser
+from .solvers.base import Evaluator, Solver, Table, get, run
 
 __all__ = ["sample", "Sampler", "SampleOutput", "NonFiniteError", "PerSampleNoise"]
 
@@ -97,26 +98,6 @@ class PerSampleNoise:
         return z.reshape(self.like.shape).to(self.like.dtype)
 
 
-def _resolve_grid(den, solver, grid, nfe, spacing, t_start, t_end, denoise):
-    path = den.path
-    if grid is not None and nfe is not None:
-        raise ValueError("give either grid= or nfe=, not both")
-    if grid is None:
-        if nfe is None:
-            raise ValueError("give grid= (pfode.grid(path, steps)) or nfe= (evaluations to spend)")
-        check_int("nfe", nfe, 1)
-        te = path.t_min if t_end is None else t_end
-        if float(path.sigma(te)) == 0.0:
-            raise ValueError(
-                f"with nfe=, end the grid above zero noise (t_end={te!r} has sigma = 0); denoise=True finishes there"
-            )
-        steps, solver = solver.for_nfe(nfe, denoise)
-        return make_grid(path, steps, spacing, t_start=t_start, t_end=t_end), solver
-    if isinstance(grid, int) and not isinstance(grid, bool):
-        raise TypeError(f"grid={grid!r} is a number; pass nfe={grid} or pfode.grid(path, {grid})")
-    return as_grid(path, grid), solver
-
-
 class Sampler:
     """A prepared sampler: grid, step plan and per-device time tensors are computed once and reused.
 
@@ -140,13 +121,15 @@ class Sampler:
         check_denoiser(denoiser)
         self.denoiser = denoiser
         solver = get(solver)
-        self.grid, self.solver = _resolve_grid(denoiser, solver, grid, nfe, spacing, t_start, t_end, denoise)
+        self.grid, self.solver = resolve(
+            denoiser.path, solver, grid, nfe, spacing=spacing, t_start=t_start, t_end=t_end, denoise=denoise
+        )
         self.table = Table(denoiser.path, self.grid, False)
         # denoise=True adds the zero-noise point unless the grid already ends there
         self.zero_end = bool(denoise) and not self.table[-1].zero
         if self.zero_end:
             self.table.append_zero()
-        self.adaptive = bool(getattr(self.solver, "adaptive", False))
+        self.adaptive = self.solver.adaptive
         if self.adaptive:
             if self.table[len(self.grid) - 1].zero:
                 raise ValueError("dopri5 needs a grid ending above zero noise; denoise=True finishes at zero noise")
@@ -176,8 +159,19 @@ class Sampler:
         generator: torch.Generator | None = None,
         cond: dict | None = None,
         check_finite: bool = True,
+        gradient: str = "backprop",
+        params=None,
     ):
         check_state("x_T", x_T)
+        if gradient != "backprop":
+            if callback is not None or return_trajectory:
+                raise ValueError(f"gradient={gradient!r} supports neither callback nor return_trajectory")
+            x = adjoint.attach(self, x_T, cond, gradient, params)
+            if check_finite and not bool(torch.isfinite(x).all()):
+                raise NonFiniteError(f"solver {self.solver.name!r} produced non-finite values")
+            return SampleOutput(x, None, self._times_list(), self.nfe) if return_info else x
+        if params is not None:
+            raise ValueError("params= is for gradient='discrete' or 'continuous' (backprop differentiates everything)")
         if self.adaptive:
             return self._adaptive(x_T, cond, callback, return_trajectory, return_info, check_finite)
         ev = self._evaluator(x_T, cond)
@@ -186,23 +180,27 @@ class Sampler:
         if check_finite and not bool(torch.isfinite(x).all()):
             self._locate_non_finite(x_T, cond, noise)
         if return_trajectory or return_info:
-            times = [self.table[i].t for i in range(self.table.n_steps + 1)]
-            return SampleOutput(x, traj, times, ev.count)
+            return SampleOutput(x, traj, self._times_list(), ev.count)
         return x
 
+    def _times_list(self) -> list[float]:
+        return [self.table[i].t for i in range(self.table.n_steps + 1)]
+
     def _loop(self, x, ev, noise, callback, return_trajectory, flags):
-        table, solver = self.table, self.solver
+        table = self.table
         traj = [x] if return_trajectory else None
-        hist = None
-        for st in self.plan:
-            x_prev = x
-            x, hist, x0 = solver.step(ev, x, hist, st, table, noise)
-            if flags is not None:
-                flags.append(bool(torch.isfinite(x0).all()))
-            if callback is not None:
-                callback({"i": st.i, "t": table[st.i].t, "t_next": table[st.i + 1].t, "x": x_prev, "x0_hat": x0})
-            if traj is not None:
-                traj.append(x)
+        on_step = None
+        if flags is not None or callback is not None or traj is not None:
+
+            def on_step(st, x_prev, hist, x_next, hist_next, x0):
+                if flags is not None:
+                    flags.append(bool(torch.isfinite(x0).all()))
+                if callback is not None:
+                    callback({"i": st.i, "t": table[st.i].t, "t_next": table[st.i + 1].t, "x": x_prev, "x0_hat": x0})
+                if traj is not None:
+                    traj.append(x_next)
+
+        x, _ = run(self.solver, self.plan, x, ev, noise, on_step)
         return x, traj
 
     def _locate_non_finite(self, x_T, cond, noise):
@@ -222,7 +220,7 @@ class Sampler:
 
     def _adaptive(self, x_T, cond, callback, return_trajectory, return_info, check_finite):
         g = self.grid
-        x, info = self.solver.sample(self.denoiser, x_T, float(g[0]), float(g[-1]), cond, callback=callback)
+        x, info = self.solver.solve(self.denoiser, x_T, float(g[0]), float(g[-1]), cond, callback=callback)
         nfe_used = info["nfe"]
         traj = [x_T, x] if return_trajectory else None
         times = [float(g[0]), float(g[-1])]
@@ -252,6 +250,9 @@ class Sampler:
 
 
 _CACHE_SIZE = 8
+#: prepared samplers per denoiser (weakly keyed: nothing is written into the user's object, and a cache
+#: goes away with its denoiser)
+_SAMPLERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _prepared(denoiser, grid, solver, nfe, spacing, t_start, t_end, denoise) -> Sampler:
@@ -273,7 +274,9 @@ def _prepared(denoiser, grid, solver, nfe, spacing, t_start, t_end, denoise) -> 
         hash(key)
     except TypeError:  # an unhashable argument: no caching
         return build()
-    cache = denoiser.__dict__.setdefault("_samplers", OrderedDict())
+    cache = _SAMPLERS.get(denoiser)
+    if cache is None:
+        cache = _SAMPLERS[denoiser] = OrderedDict()
     hit = cache.get(key)
     if hit is not None and hit[0] is denoiser.path:  # the path object is part of the key
         cache.move_to_end(key)
@@ -302,6 +305,8 @@ def sample(
     generator: torch.Generator | None = None,
     cond: dict | None = None,
     check_finite: bool = True,
+    gradient: str = "backprop",
+    params=None,
 ):
     """Integrate the probability-flow ODE of ``denoiser`` from ``x_T`` along ``grid``.
 
@@ -316,7 +321,7 @@ def sample(
             (one evaluation, counted in ``nfe``); ``False`` returns the state at the grid's last time.
         callback: called after each step with ``{"i", "t", "t_next", "x", "x0_hat"}`` (``x`` is the state
             at ``t``; ``t`` values are host floats). ``dopri5`` calls it after every step attempt with
-            per-sample times instead (see :meth:`pfode.solvers.Dopri5.sample`).
+            per-sample times instead (see :meth:`pfode.solvers.Dopri5.solve`).
         return_trajectory: also return the states at every grid time.
         return_info: return a :class:`SampleOutput` (samples, evaluations used, solver info).
         generator: seeds the per-sample noise streams of stochastic solvers.
@@ -324,12 +329,18 @@ def sample(
         check_finite: raise :class:`NonFiniteError` if the result is not finite, naming the first step
             whose ``x0_hat`` was not (one check after the loop, no host-device sync inside it; on failure
             the call is replayed with the same noise streams, checking every step).
+        gradient: how gradients flow back through the loop: ``"backprop"`` (autograd through every step),
+            ``"discrete"`` (exact adjoint of the solver, memory of the grid states only) or ``"continuous"``
+            (AdjointDPM, constant memory; solvers that supply :meth:`~pfode.solvers.Solver.adjoint_weights`).
+            See :mod:`pfode.adjoint`.
+        params: with an adjoint ``gradient``, the tensors to differentiate (default: the network's parameters).
     Returns:
         the samples (shaped like ``x_T``), or a :class:`SampleOutput`.
 
-    The prepared :class:`Sampler` (grid, plan, time tensors) is kept in a small cache on the denoiser,
-    keyed by every argument that shapes it, so repeated calls skip the set-up.
+    The prepared :class:`Sampler` (grid, plan, time tensors) is kept in a small cache weakly keyed by the
+    denoiser and keyed by every argument that shapes it, so repeated calls skip the set-up.
     """
+    check_choice("gradient", gradient, adjoint.GRADIENTS)
     sampler = _prepared(denoiser, grid, solver, nfe, spacing, t_start, t_end, denoise)
     return sampler(
         x_T,
@@ -339,4 +350,6 @@ def sample(
         generator=generator,
         cond=cond,
         check_finite=check_finite,
+        gradient=gradient,
+        params=params,
     )

@@ -90,6 +90,7 @@ except ImportError as e:  # pragma: no cover - exercised only without diffusers
     ) from e
 
 from .._checks import as_f64, check_choice, check_int
+from ..engine import drive
 from ..grids import SPACINGS, as_grid
 from ..grids import grid as make_grid
 from ..paths import Linear, Path, VPDiscrete
@@ -503,14 +504,6 @@ class PFODESchedulerOutput(BaseOutput):
     pred_original_sample: torch.Tensor | None = None
 
 
-class _Suspend(Exception):
-    """Raised inside a solver step when it asks for an evaluation not made yet."""
-
-    def __init__(self, x):
-        super().__init__()
-        self.x = x
-
-
 class _StashNet:
     """Stands in for the network: returns the model output handed to :meth:`PFODEScheduler.step`."""
 
@@ -541,7 +534,7 @@ class _Program:
                 self.owner.append(_m)
                 return torch.zeros_like(xx)
 
-            x, hist, _ = solver.step(ev, x, hist, st, self.table, lambda _x=x: torch.zeros_like(_x))
+            x, hist, _ = drive(solver.program(x, hist, st, lambda _x=x: torch.zeros_like(_x)), ev)
             if len(self.points) == self.first[-1]:
                 raise ValueError(f"solver {solver.name!r} made no network evaluation in step {m}")
         self.coef = [(p.alpha, p.sigma, p.d_alpha, p.d_sigma) for p in (self.table[k] for k in self.points)]
@@ -557,10 +550,9 @@ class _Run:
     def __init__(self, prog: _Program, offset: int, shape):
         self.prog, self.offset, self.shape = prog, offset, tuple(shape)
         self.pos = 0  # next evaluation (index into prog)
-        self.x = None  # state at the start of the current plan step
-        self.hist = None
-        self.cache: list[torch.Tensor] = []  # x0_hat of the current plan step's evaluations
-        self.noise: list[torch.Tensor] = []
+        self.hist = None  # the solver's history after the last completed plan step
+        self.program = None  # the current plan step's step program, suspended at its next evaluation
+        self.generator = None  # seeds the noise of stochastic solvers (from the latest step() call)
         self.stage = None  # full-precision state handed back last (the next evaluation's input)
         self.ready = -1  # plan step whose start state (x) was set when the previous step completed
         self.returned = None  # the tensor last handed back to the pipeline
@@ -929,10 +921,10 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
         work = sample.dtype if sample.dtype in (torch.float32, torch.float64) else torch.float32
         pos = run.pos
         m = prog.owner[pos]
+        run.generator = generator
         if pos == prog.first[m] and not (run.ready == m and sample is run.returned):
             # a new run, or the pipeline edited the latents: take the given sample as the step's start state
-            run.x = sample.to(work)
-            run.cache, run.noise = [], []
+            self._begin(run, m, sample.to(work))
         x_in = run.stage if (run.stage is not None and sample is run.returned) else sample.to(work)
         out = _match_channels(_unwrap_output(model_output), sample).to(work)
         self._den.net.value = out
@@ -940,18 +932,16 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
             x0 = self._den.x0(x_in, None, *prog.coef[pos])
         finally:
             self._den.net.value = None
-        run.cache.append(x0)
         run.pos += 1
-        prev, done = self._replay(run, m, generator)
-        if done:
-            # start the next solver step right away, so that the pipeline evaluates the model exactly
-            # where that step asks for its first evaluation
-            run.x, run.cache, run.noise = prev, [], []
+        try:  # resume the step program with this evaluation; it stops at its next one or finishes
+            _, prev = run.program.send(x0)
+        except StopIteration as stop:
+            prev, run.hist, _ = stop.value
             if m + 1 < len(prog.plan):
+                # start the next solver step right away, so that the pipeline evaluates the model exactly
+                # where that step asks for its first evaluation
                 run.ready = m + 1
-                prev, done = self._replay(run, m + 1, generator)
-                if done:  # pragma: no cover - every solver step evaluates the network
-                    raise RuntimeError(f"solver {self._solver.name!r} finished a step without evaluating")
+                prev = self._begin(run, m + 1, prev)
         run.stage = prev
         result = prev if prev.dtype == sample.dtype else prev.to(sample.dtype)
         run.returned = result
@@ -959,41 +949,15 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
             return (result, x0)
         return PFODESchedulerOutput(prev_sample=result, pred_original_sample=x0)
 
-    def _replay(self, run: _Run, m: int, generator):
-        """Re-run solver step ``m`` with the cached outputs.
-
-        Returns ``(state, True)`` when the step completes, ``(stage input, False)`` when it needs the next
-        evaluation.
-        """
-        prog = run.prog
-        st = prog.plan[m]
-        count = 0
-        drawn = 0
-        base = prog.first[m]
-
-        def ev(x, k):
-            nonlocal count
-            if count < len(run.cache):
-                if k != prog.points[base + count]:  # pragma: no cover - solver steps are deterministic
-                    raise RuntimeError("solver evaluation order changed between replays")
-                count += 1
-                return run.cache[count - 1]
-            raise _Suspend(x)
+    def _begin(self, run: _Run, m: int, x: torch.Tensor) -> torch.Tensor:
+        """Start plan step ``m`` from ``x``; return the state of its first evaluation."""
 
         def noise():
-            nonlocal drawn
-            if drawn == len(run.noise):
-                x = run.x
-                run.noise.append(randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype))
-            drawn += 1
-            return run.noise[drawn - 1]
+            return randn_tensor(x.shape, generator=run.generator, device=x.device, dtype=x.dtype)
 
-        try:
-            x_next, hist, _ = self._solver.step(ev, run.x, run.hist, st, prog.table, noise)
-        except _Suspend as s:
-            return s.x, False
-        run.hist = hist
-        return x_next, True
+        run.program = self._solver.program(x, run.hist, run.prog.plan[m], noise)
+        _, first = next(run.program)
+        return first
 
     # -- forward process -----------------------------------------------------------------------
     def _alpha_sigma(self, timesteps, like: torch.Tensor):

@@ -1,10 +1,12 @@
 """What every solver shares: points of a schedule, step plans, the evaluator and the registry.
 
 A solver never sees a path or a prediction type. It sees :class:`Point` s (``t, alpha, sigma,
-lam`` and derivatives, as host floats computed once per grid in float64) and an evaluator
-``ev(x, k) -> x0_hat`` for point ``k``. ``plan`` turns a schedule into per-step coefficients on the
-host; ``step`` applies one of them with tensor ops only, taking and returning its history
-explicitly, so one solver object serves any number of calls, batch sizes and threads.
+lam`` and derivatives, as host floats computed once per grid in float64). ``plan`` turns a schedule
+into frozen per-step coefficients on the host; ``step`` is a step program (a generator) that applies
+one of them with tensor ops only: it yields ``(k, x)`` where it needs ``x0_hat`` at point ``k``, and
+takes and returns its history explicitly, so one solver object serves any number of calls, batch
+sizes and threads, and any driver (:func:`pfode.engine.drive` with an :class:`Evaluator`, the
+diffusers scheduler one evaluation at a time, the adjoint's recomputation) runs the same code.
 
 A step whose end has ``sigma = 0`` is always the denoising step ``x_next = alpha_next * x0_hat(x)``
 (first order, one evaluation): it is where a ``lam``-based update would divide by zero.
@@ -12,16 +14,31 @@ A step whose end has ``sigma = 0`` is always the denoising step ``x_next = alpha
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .._checks import as_f64
+from ..engine import drive
 
-__all__ = ["Point", "Table", "Step", "Solver", "register", "available", "get", "describe"]
+__all__ = [
+    "Point",
+    "Table",
+    "Step",
+    "StepProgram",
+    "Solver",
+    "AdaptiveSolver",
+    "Evaluator",
+    "run",
+    "register",
+    "available",
+    "get",
+    "describe",
+]
 
 
 @dataclass(frozen=True)
@@ -98,27 +115,41 @@ class Table:
         return len(self.points) - 1
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class Step:
-    """Host coefficients of one step from grid point ``i`` to ``i + 1``.
+    """The host plan of one step from grid point ``i`` to ``i + 1`` (frozen; solvers subclass it with
+    their coefficients).
 
-    ``evals`` is the number of network evaluations the step spends; ``data`` holds whatever the
-    solver precomputed (floats, indices of intermediate points).
+    ``order``: the step's order of accuracy; ``evals``: network evaluations it spends; ``history``: how
+    many values of earlier steps it reads (0 for a single-step update); ``zero``: the denoising step
+    to ``sigma = 0``, ``x_next = alpha_next * x0_hat(x)`` (``alpha`` holds ``alpha_next``).
     """
 
     i: int
-    order: int
-    evals: int
+    order: int = 1
+    evals: int = 1
+    history: int = 0
     zero: bool = False
-    data: dict[str, Any] = field(default_factory=dict)
+    alpha: float = 1.0
+
+
+#: A step program: yields ``(point index, state)`` for every evaluation, receives ``x0_hat`` there, and
+#: returns ``(x_next, history, x0_hat at the step's start)``.
+StepProgram = Generator[tuple[int, torch.Tensor], torch.Tensor, tuple[torch.Tensor, Any, torch.Tensor]]
 
 
 class Solver:
-    """Base class. Subclasses set ``name``, ``order``, ``evals_per_step``, ``paper`` and implement
-    ``plan_step`` and ``step``.
+    """What every solver declares: ``name``, ``order`` (the global order of accuracy, as certified by the
+    measured convergence order in ``tests/test_solvers.py``), ``evals_per_step``, ``paper``, and its
+    capabilities ``stochastic`` (draws noise), ``adaptive`` (chooses its own steps; see
+    :class:`AdaptiveSolver`) and ``multistep`` (derived from its plan: some step reads earlier values).
 
-    ``order`` is the global order of accuracy of the method (on fine grids). ``evals_per_step`` is
-    the network evaluations one full step costs; a step to zero noise always costs one.
+    A fixed-step solver implements :meth:`plan_step` (host, float64, once per grid) and :meth:`step`, a
+    *step program*: a generator that yields ``(k, x_k)`` for each network evaluation it needs at point
+    ``k`` of the :class:`Table`, receives ``x0_hat(x_k)`` and returns ``(x_next, history, x0_hat at the
+    start)``. History is a value passed from step to step (never an attribute), so one solver object
+    serves any number of calls, batch sizes and threads. A step to zero noise is always the denoising
+    step (:meth:`program` runs it; solvers never see it).
     """
 
     name: str = "solver"
@@ -126,13 +157,23 @@ class Solver:
     evals_per_step: int = 1
     paper: str = ""
     stochastic: bool = False
-    multistep: bool = False
+    adaptive: bool = False
     #: whether the solver integrates in lam (needs alpha > 0 and sigma > 0 at step starts)
     needs_finite_lam: bool = True
 
+    @functools.cached_property
+    def multistep(self) -> bool:
+        """Whether some step of this solver reads values of earlier steps (derived from a probe plan)."""
+        if self.adaptive:
+            return False
+        from ..paths import EDM
+
+        table = Table(EDM(), torch.tensor([80.0, 20.0, 5.0, 1.0, 0.25], dtype=torch.float64), False)
+        return any(st.history > 0 for st in self.plan(table))
+
     # -- planning (host, float64) -----------------------------------------------------------
     def plan(self, table: Table) -> list[Step]:
-        """Coefficients of every step of ``table`` (computed once per grid, on the host)."""
+        """The frozen steps of ``table`` (computed once per grid, on the host)."""
         out = []
         n = table.n_steps
         for i in range(n):
@@ -145,7 +186,7 @@ class Solver:
                     "grid inside the path's range (e.g. t_max < 1 on Linear) or use an RK solver with variable='t'"
                 )
             if q.zero:
-                out.append(Step(i, 1, 1, zero=True))
+                out.append(Step(i=i, zero=True, alpha=q.alpha))
             else:
                 out.append(self.plan_step(table, i, n))
         return out
@@ -171,16 +212,22 @@ class Solver:
         )
 
     # -- stepping (tensor ops only) ---------------------------------------------------------
-    def step(self, ev: Evaluator, x: torch.Tensor, hist: Any, st: Step, table: Table):
-        """Return ``(x_next, hist, x0_hat_at_start)``."""
+    def step(self, x: torch.Tensor, hist: Any, st: Step, noise: Callable[[], torch.Tensor] | None) -> StepProgram:
+        """The step program of ``st`` (see the class docs); ``noise()`` draws standard normal noise shaped
+        like ``x`` (stochastic solvers only)."""
         raise NotImplementedError
 
-    def zero_step(self, ev: Evaluator, x, hist, st: Step, table: Table, d: torch.Tensor | None = None):
-        """The denoising step to ``sigma = 0``: ``alpha_next * x0_hat(x)``."""
-        if d is None:
-            d = ev(x, st.i)
-        a = table[st.i + 1].alpha
-        return (d if a == 1.0 else d * a), hist, d
+    def program(self, x: torch.Tensor, hist: Any, st: Step, noise=None) -> StepProgram:
+        """The program of any planned step: the denoising step for a step to zero noise, else :meth:`step`."""
+        if st.zero:
+            return _zero_step(x, hist, st)
+        return self.step(x, hist, st, noise)
+
+    def adjoint_weights(self, r: float | None) -> tuple[float, ...] | None:
+        """Weights ``(c_0, c_1, ...)`` with which this solver combines the current and earlier ``x0_hat``
+        in a step of ``lam`` whose previous step was ``r`` times as long (``None`` on the first step),
+        for the continuous adjoint; ``None`` if the solver is not such an exponential integrator."""
+        return None
 
     def describe(self) -> dict:
         return {
@@ -188,11 +235,35 @@ class Solver:
             "order": self.order,
             "evals_per_step": self.evals_per_step,
             "stochastic": self.stochastic,
+            "adaptive": self.adaptive,
+            "multistep": self.multistep,
             "paper": self.paper,
         }
 
     def __repr__(self):
         return f"{type(self).__name__}(order={self.order})"
+
+
+def _zero_step(x, hist, st: Step) -> StepProgram:
+    d = yield st.i, x
+    return (d if st.alpha == 1.0 else d * st.alpha), hist, d
+
+
+class AdaptiveSolver(Solver):
+    """A solver that chooses its own steps between two times (``adaptive = True``): no plan, no ``nfe``;
+    it implements :meth:`solve`."""
+
+    adaptive = True
+
+    def plan(self, table):
+        raise ValueError(f"{self.name} is adaptive: it chooses its own steps and has no fixed step plan")
+
+    def for_nfe(self, nfe, zero_end):
+        raise ValueError(f"{self.name} is adaptive: it chooses its own evaluations; give rtol/atol instead of nfe")
+
+    def solve(self, den, x: torch.Tensor, t_start: float, t_end: float, cond=None, callback=None):
+        """Integrate the PF-ODE of ``den`` from ``t_start`` to ``t_end``; return ``(x, info)``."""
+        raise NotImplementedError
 
 
 class Evaluator:
@@ -217,6 +288,22 @@ class Evaluator:
     def __call__(self, x: torch.Tensor, k: int) -> torch.Tensor:
         self.count += 1
         return self.den.x0(x, self._t_net[k], *self._coef[k], cond=self.cond)
+
+
+def run(solver: Solver, plan: list[Step], x: torch.Tensor, ev: Evaluator, noise=None, on_step=None, hist=None):
+    """The sampling loop: run the step programs of ``plan`` from ``x``, evaluating through ``ev``.
+
+    ``on_step(st, x, hist, x_next, hist_next, x0_hat)`` is called after each step; when it returns a value,
+    that value replaces ``hist_next`` (e.g. copies in pooled storage). Returns ``(x, hist)``.
+    """
+    for st in plan:
+        x_next, hist_next, d = drive(solver.program(x, hist, st, noise), ev)
+        if on_step is not None:
+            new = on_step(st, x, hist, x_next, hist_next, d)
+            if new is not None:
+                hist_next = new
+        x, hist = x_next, hist_next
+    return x, hist
 
 
 _REGISTRY: dict[str, tuple[Callable[..., Solver], dict]] = {}

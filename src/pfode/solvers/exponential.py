@@ -12,6 +12,7 @@ All coefficients are host floats computed once per grid.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -44,6 +45,24 @@ def _lin(x: torch.Tensor, cx: float, terms) -> torch.Tensor:
     return out
 
 
+@dataclass(frozen=True, kw_only=True)
+class LinearStep(Step):
+    """``x_next = cx x + sum_j w[j] D_j (+ cz z)``: the current and earlier ``x0_hat`` (or ``eps_hat``)
+    values ``D_j``, and noise ``z`` for stochastic steps."""
+
+    cx: float
+    w: tuple[float, ...] = ()
+    cz: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class EpsStep(LinearStep):
+    """A :class:`LinearStep` on ``eps_hat = (x - a x0_hat) / s`` at the step's start."""
+
+    a: float
+    s: float
+
+
 class DDIM(Solver):
     """DDIM (Song et al., 2021): the first-order exponential integrator, one evaluation per step.
 
@@ -73,17 +92,17 @@ class DDIM(Solver):
         s, sn = p.s, q.s
         c = self.eta * sn * math.sqrt(max(s * s - sn * sn, 0.0)) / s
         k = math.sqrt(max(sn * sn - c * c, 0.0)) / s
-        return Step(i, 1, 1, data={"cx": q.alpha * k / p.alpha, "cd": q.alpha * (1.0 - k), "cz": q.alpha * c})
+        return LinearStep(i=i, cx=q.alpha * k / p.alpha, w=(q.alpha * (1.0 - k),), cz=q.alpha * c)
 
-    def step(self, ev, x, hist, st, table, noise=None):
-        if st.zero:
-            return self.zero_step(ev, x, hist, st, table)
-        d = ev(x, st.i)
-        c = st.data
-        out = torch.add(x * c["cx"], d, alpha=c["cd"])
+    def step(self, x, hist, st, noise=None):
+        d = yield st.i, x
+        out = torch.add(x * st.cx, d, alpha=st.w[0])
         if self.stochastic:
-            out = torch.add(out, noise(), alpha=c["cz"])
+            out = torch.add(out, noise(), alpha=st.cz)
         return out, hist, d
+
+    def adjoint_weights(self, r):
+        return None if self.stochastic else (1.0,)
 
 
 class DPMSolver(Solver):
@@ -110,11 +129,20 @@ class DPMSolver(Solver):
             orders = [check_int("orders[i]", o, 1) for o in orders]
             if any(o > 3 for o in orders):
                 raise ValueError(f"orders={orders}: each must be 1, 2 or 3")
-        self.order = max(orders) if orders else order
+        top = max(orders) if orders else order
         self.orders = orders
         self.fast = bool(fast)
-        self.evals_per_step = self.order
-        self.name = "dpm-fast" if fast else f"dpm{self.order}"
+        self.evals_per_step = top
+        self.name = "dpm-fast" if fast else f"dpm{top}"
+        # the global order: a bounded number of steps of order k limits it to k + 1 (DPM-Solver-fast ends with
+        # steps of order 2 and 1: global order 2)
+        if fast:
+            self.order = min(top, 2)
+        elif orders:
+            lo = min(orders)
+            self.order = lo if orders.count(lo) > 1 else min(top, lo + 1)
+        else:
+            self.order = order
 
     def _order_at(self, i: int, n: int) -> int:
         # n counts the steps before any final step to zero noise (that one is always first order)
@@ -154,59 +182,52 @@ class DPMSolver(Solver):
         p, q = table[i], table[i + 1]
         h = q.lam - p.lam
         ex = math.expm1(h)
-        base = {"ax": q.alpha / p.alpha, "ce": -q.sigma * ex, "a0": p.alpha, "s0": p.sigma}
-        if k == 1:
-            return Step(i, 1, 1, data=base)
+        # stage j starts from u_j = ax[j] x + ce[j] e0 (+ c1[j] (e1 - e0)) and evaluates at point idx[j]
+        stages: list[tuple[int, float, float, float, float, float]] = []  # (idx, ax, ce, c1, a, s)
         if k == 2:
-            r1 = 0.5
-            j = table.add_lam(p.lam + r1 * h)
-            m = table[j]
-            base.update(
-                j=j,
-                u_ax=m.alpha / p.alpha,
-                u_ce=-m.sigma * math.expm1(r1 * h),
-                c1=-q.sigma / (2 * r1) * ex,
-                a1=m.alpha,
-                s1=m.sigma,
-            )
-            return Step(i, 2, 2, data=base)
-        r1, r2 = 1.0 / 3.0, 2.0 / 3.0
-        j1, j2 = table.add_lam(p.lam + r1 * h), table.add_lam(p.lam + r2 * h)
-        m1, m2 = table[j1], table[j2]
-        base.update(
-            j1=j1,
-            j2=j2,
-            u1_ax=m1.alpha / p.alpha,
-            u1_ce=-m1.sigma * math.expm1(r1 * h),
-            u2_ax=m2.alpha / p.alpha,
-            u2_ce=-m2.sigma * math.expm1(r2 * h),
-            u2_c1=-m2.sigma * r2 / r1 * (math.expm1(r2 * h) / (r2 * h) - 1.0),
-            c2=-q.sigma / r2 * (ex / h - 1.0),
-            a1=m1.alpha,
-            s1=m1.sigma,
-            a2=m2.alpha,
-            s2=m2.sigma,
+            m = table[table.add_lam(p.lam + 0.5 * h)]
+            stages.append((len(table) - 1, m.alpha / p.alpha, -m.sigma * math.expm1(0.5 * h), 0.0, m.alpha, m.sigma))
+            c_last = -q.sigma * ex  # c1 = -sigma_next / (2 r1) (e^h - 1) with r1 = 1/2
+        elif k == 3:
+            r1, r2 = 1.0 / 3.0, 2.0 / 3.0
+            j1, j2 = table.add_lam(p.lam + r1 * h), table.add_lam(p.lam + r2 * h)
+            m1, m2 = table[j1], table[j2]
+            stages.append((j1, m1.alpha / p.alpha, -m1.sigma * math.expm1(r1 * h), 0.0, m1.alpha, m1.sigma))
+            u2_c1 = -m2.sigma * r2 / r1 * (math.expm1(r2 * h) / (r2 * h) - 1.0)
+            stages.append((j2, m2.alpha / p.alpha, -m2.sigma * math.expm1(r2 * h), u2_c1, m2.alpha, m2.sigma))
+            c_last = -q.sigma / r2 * (ex / h - 1.0)
+        else:
+            c_last = 0.0
+        return DPMStep(
+            i=i, order=k, evals=k, cx=q.alpha / p.alpha, w=(-q.sigma * ex,), a=p.alpha, s=p.sigma,
+            stages=tuple(stages), c_last=c_last,
         )
-        return Step(i, 3, 3, data=base)
 
-    def step(self, ev, x, hist, st, table, noise=None):
-        if st.zero:
-            return self.zero_step(ev, x, hist, st, table)
-        c = st.data
-        d0 = ev(x, st.i)
-        e0 = torch.add(x, d0, alpha=-c["a0"]).mul_(1.0 / c["s0"])
-        out = torch.add(x * c["ax"], e0, alpha=c["ce"])
-        if st.order == 2:
-            u = torch.add(x * c["u_ax"], e0, alpha=c["u_ce"])
-            e1 = torch.add(u, ev(u, c["j"]), alpha=-c["a1"]).mul_(1.0 / c["s1"])
-            out = torch.add(out, e1 - e0, alpha=c["c1"])
-        elif st.order == 3:
-            u1 = torch.add(x * c["u1_ax"], e0, alpha=c["u1_ce"])
-            e1 = torch.add(u1, ev(u1, c["j1"]), alpha=-c["a1"]).mul_(1.0 / c["s1"])
-            u2 = _lin(x, c["u2_ax"], ((c["u2_ce"], e0), (c["u2_c1"], e1 - e0)))
-            e2 = torch.add(u2, ev(u2, c["j2"]), alpha=-c["a2"]).mul_(1.0 / c["s2"])
-            out = torch.add(out, e2 - e0, alpha=c["c2"])
+    def step(self, x, hist, st, noise=None):
+        d0 = yield st.i, x
+        e0 = torch.add(x, d0, alpha=-st.a).mul_(1.0 / st.s)
+        out = torch.add(x * st.cx, e0, alpha=st.w[0])
+        e1 = None
+        for idx, ax, ce, c1, a, s in st.stages:
+            u = torch.add(x * ax, e0, alpha=ce)
+            if c1:
+                u.add_(e1 - e0, alpha=c1)
+            e1 = torch.add(u, (yield idx, u), alpha=-a).mul_(1.0 / s)
+        if e1 is not None:
+            out = torch.add(out, e1 - e0, alpha=st.c_last)
         return out, hist, d0
+
+    def adjoint_weights(self, r):
+        return (1.0,) if self.evals_per_step == 1 else None  # every step first order: DDIM
+
+
+@dataclass(frozen=True, kw_only=True)
+class DPMStep(EpsStep):
+    """A DPM-Solver step: ``stages`` ``(point, ax, ce, c1, alpha, sigma)`` of the intermediate evaluations and
+    the weight ``c_last`` of the last stage's ``eps`` difference."""
+
+    stages: tuple = ()
+    c_last: float = 0.0
 
 
 class DPMSolverPP2S(Solver):
@@ -229,28 +250,24 @@ class DPMSolverPP2S(Solver):
         j = table.add_lam(p.lam + r * h)
         m = table[j]
         w = -q.alpha * math.expm1(-h)
-        return Step(
-            i,
-            2,
-            2,
-            data={
-                "j": j,
-                "u_x": m.sigma / p.sigma,
-                "u_d": -m.alpha * math.expm1(-r * h),
-                "cx": q.sigma / p.sigma,
-                "w0": w * (1 - 1 / (2 * r)),
-                "w1": w / (2 * r),
-            },
+        return PP2SStep(
+            i=i, order=2, evals=2, cx=q.sigma / p.sigma, w=(w * (1 - 1 / (2 * r)), w / (2 * r)),
+            j=j, u_x=m.sigma / p.sigma, u_d=-m.alpha * math.expm1(-r * h),
         )
 
-    def step(self, ev, x, hist, st, table, noise=None):
-        if st.zero:
-            return self.zero_step(ev, x, hist, st, table)
-        c = st.data
-        d0 = ev(x, st.i)
-        u = torch.add(x * c["u_x"], d0, alpha=c["u_d"])
-        d1 = ev(u, c["j"])
-        return _lin(x, c["cx"], ((c["w0"], d0), (c["w1"], d1))), hist, d0
+    def step(self, x, hist, st, noise=None):
+        d0 = yield st.i, x
+        d1 = yield st.j, torch.add(x * st.u_x, d0, alpha=st.u_d)
+        return _lin(x, st.cx, zip(st.w, (d0, d1))), hist, d0
+
+
+@dataclass(frozen=True, kw_only=True)
+class PP2SStep(LinearStep):
+    """DPM-Solver++(2S): the intermediate point ``j`` reached by ``u_x x + u_d x0_hat``."""
+
+    j: int
+    u_x: float
+    u_d: float
 
 
 def _lower_order_final(k: int, i: int, n: int, enabled: bool) -> int:
@@ -266,8 +283,6 @@ def _lower_order_final(k: int, i: int, n: int, enabled: bool) -> int:
 
 class _Multistep(Solver):
     """Shared warm-up logic: order at step ``i`` is ``min(order, i + 1)``; optional lower-order final."""
-
-    multistep = True
 
     def __init__(self, order: int, max_order: int, lower_order_final: bool = True):
         check_int("order", order, 1)
@@ -310,10 +325,11 @@ class DPMSolverPPMultistep(_Multistep):
         cx = q.sigma / p.sigma
         e1 = -math.expm1(-h)  # h phi_1(-h)
         if k == 1:
-            return Step(i, 1, 1, data={"cx": cx, "w": [a * e1]})
+            return LinearStep(i=i, cx=cx, w=(a * e1,))
         r0 = (p.lam - table[i - 1].lam) / h
         if k == 2:
-            return Step(i, 2, 1, data={"cx": cx, "w": [a * e1 * (1 + 1 / (2 * r0)), -a * e1 / (2 * r0)]})
+            w = (a * e1 * (1 + 1 / (2 * r0)), -a * e1 / (2 * r0))
+            return LinearStep(i=i, order=2, history=1, cx=cx, w=w)
         r1 = (table[i - 1].lam - table[i - 2].lam) / h
         # D1 ~ h x0', D2 ~ h^2 x0'' / 2 from divided differences; exact weights h phi_2, 2 h phi_3
         c1, c2 = h * phi(2, -h), 2 * h * phi(3, -h)
@@ -325,14 +341,17 @@ class DPMSolverPPMultistep(_Multistep):
         w0 = a * (e1 + w_d10 / r0)
         w1 = a * (-w_d10 / r0 + w_d11 / r1)
         w2 = a * (-w_d11 / r1)
-        return Step(i, 3, 1, data={"cx": cx, "w": [w0, w1, w2]})
+        return LinearStep(i=i, order=3, history=2, cx=cx, w=(w0, w1, w2))
 
-    def step(self, ev, x, hist, st, table, noise=None):
-        d = ev(x, st.i)
+    def step(self, x, hist, st, noise=None):
+        d = yield st.i, x
         ds = ((d,) + (hist or ()))[: self.order]
-        if st.zero:
-            return self.zero_step(ev, x, ds, st, table, d)
-        return _lin(x, st.data["cx"], zip(st.data["w"], ds)), ds[: self.order - 1], d
+        return _lin(x, st.cx, zip(st.w, ds)), ds[: self.order - 1], d
+
+    def adjoint_weights(self, r):
+        if self.order != 2:
+            return None
+        return (1.0,) if r is None else (1.0 + 0.5 / r, -0.5 / r)
 
 
 class UniPC(_Multistep):
@@ -398,24 +417,28 @@ class UniPC(_Multistep):
     def plan_step(self, table, i, n):
         k = self._order_at(table, i, n)
         cx, w, _ = self._weights(table, i, k, include_new=False)
-        data = {"cx": cx, "w": w}
+        corr = ()
         if self.corrector and i > 0:
             kc = self._order_at(table, i - 1, n)  # corrector of the previous step's state, same order
             ccx, cw, cnew = self._weights(table, i - 1, kc, include_new=True)
-            data.update(ccx=ccx, cw=cw, cnew=cnew)
-        return Step(i, k, 1, data=data)
+            corr = (ccx, tuple(cw), cnew)
+        return UniPCStep(i=i, order=k, history=max(k - 1, 1 if corr else 0), cx=cx, w=tuple(w), corrector=corr)
 
-    def step(self, ev, x, hist, st, table, noise=None):
-        d = ev(x, st.i)
-        c = st.data
+    def step(self, x, hist, st, noise=None):
+        d = yield st.i, x
         prev_x, ds = hist if hist else (None, ())
-        if "ccx" in c:  # correct x_i with the evaluation at the predicted point (no extra call)
-            x = _lin(prev_x, c["ccx"], zip(c["cw"], ds)).add_(d, alpha=c["cnew"])
+        if st.corrector:  # correct x_i with the evaluation at the predicted point (no extra call)
+            ccx, cw, cnew = st.corrector
+            x = _lin(prev_x, ccx, zip(cw, ds)).add_(d, alpha=cnew)
         ds = ((d,) + ds)[: self.predictor_order]
-        if st.zero:
-            return self.zero_step(ev, x, (x, ds), st, table, d)
-        out = _lin(x, c["cx"], zip(c["w"], ds))
-        return out, (x, ds), d
+        return _lin(x, st.cx, zip(st.w, ds)), (x, ds), d
+
+
+@dataclass(frozen=True, kw_only=True)
+class UniPCStep(LinearStep):
+    """UniPC: the predictor's weights, and the corrector ``(cx, w, w_new)`` of the step's start state."""
+
+    corrector: tuple = ()
 
 
 def _lagrange_weights(nodes: list[float], a: float, b: float, s_of_v) -> list[float]:
@@ -467,16 +490,15 @@ class _AdamsInS(_Multistep):
         p, q = table[i], table[i + 1]
         w = self._ab_weights(table, i, k)
         # x_next = alpha_next (x / alpha + sum w_j eps_j), eps_j stored in history
-        return Step(i, k, 1, data={"cx": q.alpha / p.alpha, "w": [q.alpha * v for v in w], "a": p.alpha, "s": p.sigma})
+        return EpsStep(
+            i=i, order=k, history=k - 1, cx=q.alpha / p.alpha, w=tuple(q.alpha * v for v in w), a=p.alpha, s=p.sigma
+        )
 
-    def step(self, ev, x, hist, st, table, noise=None):
-        d = ev(x, st.i)
-        if st.zero:
-            return self.zero_step(ev, x, hist, st, table, d)
-        c = st.data
-        e = torch.add(x, d, alpha=-c["a"]).mul_(1.0 / c["s"])
+    def step(self, x, hist, st, noise=None):
+        d = yield st.i, x
+        e = torch.add(x, d, alpha=-st.a).mul_(1.0 / st.s)
         hist = self._push(hist, e, self.order)
-        return _lin(x, c["cx"], zip(c["w"], hist)), hist, d
+        return _lin(x, st.cx, zip(st.w, hist)), hist, d
 
 
 class DEIS(_AdamsInS):

@@ -9,31 +9,57 @@ can start at pure noise (``alpha = 0``, e.g. ``t = 1`` on :class:`~pfode.paths.L
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .._checks import check_choice
+from ..engine import EULER, HEUN, MIDPOINT, Tableau, rk_stages
+from ..engine import RK4 as RK4_TABLEAU
 from .base import Solver, Step, Table, register
 
 __all__ = ["RK", "Euler", "Heun", "Midpoint", "RK4"]
 
 
+@dataclass(frozen=True, kw_only=True)
+class RKStep(Step):
+    """One Runge-Kutta step: its size ``h`` in the variable, the point of each stage, and per stage
+    ``(p, q)``: in ``s``, ``x_k = p y_k`` and ``K_k = (y_k - D_k) q``; in ``t``,
+    ``K_k = p x_k + q D_k`` (``p = sigma'/sigma``, ``q = alpha' - sigma' alpha / sigma``). ``y_in``/``y_out``
+    scale ``x`` to ``y = x / alpha`` and back."""
+
+    h: float
+    idx: tuple[int, ...]
+    coef: tuple[tuple[float, float], ...]
+    y_in: float = 1.0
+    y_out: float = 1.0
+
+
 class RK(Solver):
-    """An explicit Runge-Kutta method given by its Butcher tableau ``(c, a, b)``; ``len(b)`` evaluations per step."""
+    """An explicit Runge-Kutta method given by its :class:`~pfode.engine.Tableau`; ``stages`` evaluations per step.
+
+    ``variable="s"`` integrates ``dy/ds = (y - x0_hat) / s`` with ``y = x / alpha``; ``"t"`` integrates
+    ``dx/dt`` in path time. The stepping itself is :func:`pfode.engine.rk_stages`.
+    """
 
     paper = "Butcher, Numerical Methods for Ordinary Differential Equations (2016)"
 
-    def __init__(self, c, a, b, order: int, name: str, variable: str = "s"):
-        self.c, self.a, self.b = list(c), [list(r) for r in a], list(b)
-        self.order = order
-        self.name = name
-        self.evals_per_step = len(self.b)
+    def __init__(self, tableau: Tableau, variable: str = "s", name: str | None = None, paper: str | None = None):
+        if not isinstance(tableau, Tableau):
+            raise TypeError(f"tableau must be a pfode.engine.Tableau, got {type(tableau).__name__}")
+        self.tableau = tableau
+        self.order = tableau.order
+        self.name = name or tableau.name
+        self.evals_per_step = tableau.stages
         self.variable = check_choice("variable", variable, ("s", "t"))
         self.needs_finite_lam = self.variable == "s"
+        if paper:
+            self.paper = paper
 
     def plan_step(self, table: Table, i: int, n: int) -> Step:
         p, q = table[i], table[i + 1]
         idx = []
-        for c in self.c:
+        for c in self.tableau.c:
             if c == 0.0:
                 idx.append(i)
             elif c == 1.0:
@@ -44,52 +70,39 @@ class RK(Solver):
                 idx.append(table.add_t(p.t + c * (q.t - p.t)))
         pts = [table[k] for k in idx]
         if self.variable == "s":
-            # stage k: x_k = alpha_k y_k, K_k = (y_k - D_k) / s_k
-            info = {"h": q.s - p.s, "a": [pt.alpha for pt in pts], "inv_s": [1.0 / pt.s for pt in pts]}
-            info.update(y_in=1.0 / p.alpha, y_out=q.alpha)
-        else:
-            # F = dx/dt = (sigma'/sigma) x + (alpha' - sigma' alpha / sigma) D
-            info = {
-                "h": q.t - p.t,
-                "fx": [pt.d_sigma / pt.sigma for pt in pts],
-                "fd": [pt.d_alpha - pt.d_sigma * pt.alpha / pt.sigma for pt in pts],
-            }
-        info["idx"] = idx
-        return Step(i, self.order, len(self.b), data=info)
+            coef = tuple((pt.alpha, 1.0 / pt.s) for pt in pts)
+            return RKStep(i=i, order=self.order, evals=self.evals_per_step, h=q.s - p.s, idx=tuple(idx), coef=coef,
+                          y_in=1.0 / p.alpha, y_out=q.alpha)
+        coef = tuple((pt.d_sigma / pt.sigma, pt.d_alpha - pt.d_sigma * pt.alpha / pt.sigma) for pt in pts)
+        return RKStep(i=i, order=self.order, evals=self.evals_per_step, h=q.t - p.t, idx=tuple(idx), coef=coef)
 
-    def step(self, ev, x, hist, st, table, noise=None):
-        if st.zero:
-            return self.zero_step(ev, x, hist, st, table)
-        c = st.data
-        h = c["h"]
-        ks = []
+    def step(self, x, hist, st, noise=None):
+        in_s = self.variable == "s"
+        y = x * st.y_in if in_s else x
+        stages = rk_stages(self.tableau, [y], [st.h])
         d0 = None
-        y = x * c["y_in"] if self.variable == "s" else x
-        for k, row in enumerate(self.a):
-            yk = y
-            for w, kj in zip(row, ks):
-                if w != 0.0:
-                    yk = torch.add(yk, kj, alpha=h * w)
-            if self.variable == "s":
-                xk = x if k == 0 else (yk * c["a"][k] if c["a"][k] != 1.0 else yk)
-                d = ev(xk, c["idx"][k])
-                ks.append(torch.sub(yk, d).mul_(c["inv_s"][k]))
-            else:
-                d = ev(yk, c["idx"][k])
-                ks.append(torch.add(yk * c["fx"][k], d, alpha=c["fd"][k]))
-            if k == 0:
-                d0 = d
-        for w, kj in zip(self.b, ks):
-            if w != 0.0:
-                y = torch.add(y, kj, alpha=h * w)
-        if self.variable == "s":
-            y = y * c["y_out"]
-        return y, hist, d0
+        try:
+            k, (yk,) = next(stages)
+            while True:
+                pk, qk = st.coef[k]
+                if in_s:
+                    xk = x if k == 0 else (yk * pk if pk != 1.0 else yk)
+                    d = yield st.idx[k], xk
+                    kk = torch.sub(yk, d).mul_(qk)
+                else:
+                    d = yield st.idx[k], yk
+                    kk = torch.add(yk * pk, d, alpha=qk)
+                if k == 0:
+                    d0 = d
+                k, (yk,) = stages.send([kk])
+        except StopIteration as stop:
+            (y,), _ = stop.value
+        return (y * st.y_out if in_s else y), hist, d0
 
 
 def Euler(variable: str = "s") -> RK:
     """Euler's method, first order, 1 evaluation per step (in ``s`` it is DDIM)."""
-    return RK([0.0], [[]], [1.0], 1, "euler", variable)
+    return RK(EULER, variable)
 
 
 def Heun(variable: str = "s") -> RK:
@@ -97,21 +110,18 @@ def Heun(variable: str = "s") -> RK:
 
     The step to zero noise is Euler's (one evaluation), as in EDM.
     """
-    r = RK([0.0, 1.0], [[], [1.0]], [0.5, 0.5], 2, "heun", variable)
-    r.paper = "Karras et al., Elucidating the Design Space of Diffusion-Based Generative Models, NeurIPS 2022"
-    return r
+    return RK(HEUN, variable, paper="Karras et al., Elucidating the Design Space of Diffusion-Based Generative "
+              "Models, NeurIPS 2022")
 
 
 def Midpoint(variable: str = "s") -> RK:
     """Explicit midpoint method, second order, 2 evaluations per step."""
-    return RK([0.0, 0.5], [[], [0.5]], [0.0, 1.0], 2, "midpoint", variable)
+    return RK(MIDPOINT, variable)
 
 
 def RK4(variable: str = "s") -> RK:
     """Classic fourth-order Runge-Kutta, 4 evaluations per step."""
-    return RK(
-        [0.0, 0.5, 0.5, 1.0], [[], [0.5], [0.0, 0.5], [0.0, 0.0, 1.0]], [1 / 6, 1 / 3, 1 / 3, 1 / 6], 4, "rk4", variable
-    )
+    return RK(RK4_TABLEAU, variable)
 
 
 register("euler", Euler)

@@ -17,7 +17,8 @@ import math
 import torch
 
 from .._checks import check_finite_float
-from .base import Solver, Step, register
+from .base import Solver, register
+from .exponential import LinearStep
 
 __all__ = ["EulerMaruyama", "DPMSolverPP2MSDE"]
 
@@ -38,25 +39,18 @@ class EulerMaruyama(Solver):
         p, q = table[i], table[i + 1]
         r = (q.s - p.s) / p.s  # negative
         k = 1.0 + (1.0 + self.eta) * r
-        return Step(
-            i,
-            1,
-            1,
-            data={
-                "cx": q.alpha / p.alpha * k,
-                "cd": q.alpha * (1.0 - k),
-                "cz": q.alpha * math.sqrt(self.eta * max(p.s**2 - q.s**2, 0.0)),
-            },
+        return LinearStep(
+            i=i,
+            cx=q.alpha / p.alpha * k,
+            w=(q.alpha * (1.0 - k),),
+            cz=q.alpha * math.sqrt(self.eta * max(p.s**2 - q.s**2, 0.0)),
         )
 
-    def step(self, ev, x, hist, st, table, noise=None):
-        if st.zero:
-            return self.zero_step(ev, x, hist, st, table)
-        c = st.data
-        d = ev(x, st.i)
-        out = torch.add(x * c["cx"], d, alpha=c["cd"])
-        if c["cz"]:
-            out = torch.add(out, noise(), alpha=c["cz"])
+    def step(self, x, hist, st, noise=None):
+        d = yield st.i, x
+        out = torch.add(x * st.cx, d, alpha=st.w[0])
+        if st.cz:
+            out = torch.add(out, noise(), alpha=st.cz)
         return out, hist, d
 
 
@@ -71,7 +65,6 @@ class DPMSolverPP2MSDE(Solver):
     order = 1
     evals_per_step = 1
     stochastic = True
-    multistep = True
     paper = "Lu et al., DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models, 2022"
 
     def __init__(self, eta: float = 1.0):
@@ -82,29 +75,27 @@ class DPMSolverPP2MSDE(Solver):
         h = q.lam - p.lam
         g = 1.0 + self.eta
         e = -math.expm1(-g * h)
-        data = {
-            "cx": q.sigma / p.sigma * math.exp(-self.eta * h),
-            "w0": q.alpha * e,
-            "w1": 0.0,
-            "cz": q.sigma * math.sqrt(-math.expm1(-2.0 * self.eta * h)),
-        }
+        w0, w1 = q.alpha * e, 0.0
         if i > 0:
             hp = p.lam - table[i - 1].lam
             c = q.alpha * (h - e / g) / hp
-            data["w0"] += c
-            data["w1"] = -c
-        return Step(i, 2 if i > 0 else 1, 1, data=data)
+            w0, w1 = w0 + c, -c
+        return LinearStep(
+            i=i,
+            order=2 if i > 0 else 1,
+            history=1 if i > 0 else 0,
+            cx=q.sigma / p.sigma * math.exp(-self.eta * h),
+            w=(w0, w1),
+            cz=q.sigma * math.sqrt(-math.expm1(-2.0 * self.eta * h)),
+        )
 
-    def step(self, ev, x, hist, st, table, noise=None):
-        d = ev(x, st.i)
-        if st.zero:
-            return self.zero_step(ev, x, (d,), st, table, d)
-        c = st.data
-        out = torch.add(x * c["cx"], d, alpha=c["w0"])
-        if c["w1"]:
-            out = torch.add(out, hist[0], alpha=c["w1"])
-        if c["cz"]:
-            out = torch.add(out, noise(), alpha=c["cz"])
+    def step(self, x, hist, st, noise=None):
+        d = yield st.i, x
+        out = torch.add(x * st.cx, d, alpha=st.w[0])
+        if st.w[1]:
+            out = torch.add(out, hist[0], alpha=st.w[1])
+        if st.cz:
+            out = torch.add(out, noise(), alpha=st.cz)
         return out, (d,), d
 
 
