@@ -37,26 +37,23 @@ def _coef(path: Path, t, b: int, device) -> tuple[torch.Tensor, torch.Tensor]:
 class _Target:
     d: int
 
-    def _flat(self, x: torch.Tensor) -> torch.Tensor:
+    def _at(self, x: torch.Tensor, t, path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x`` as ``[B, d]`` float64 and ``alpha, sigma`` at ``t`` as ``[B, 1]``."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         f = x.reshape(x.shape[0], -1).to(torch.float64)
         if f.shape[1] != self.d:
-            raise ValueError(
-                f"x has {f.shape[1]} features per sample ({tuple(x.shape)}), the target has d={self.d}"
-            )
-        return f
+            raise ValueError(f"x has {f.shape[1]} features per sample ({tuple(x.shape)}), the target has d={self.d}")
+        return (f, *_coef(path, t, f.shape[0], f.device))
 
     def x0_eps(self, x: torch.Tensor, t, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def denoiser(self, path: Path) -> Denoiser:
         """The exact denoiser ``E[x0 | x_t]`` on ``path`` as a :class:`pfode.Denoiser` (x0-prediction)."""
-        target = self
 
         def net(x, t):
-            x0, _ = target.x0_eps(x, t, path)
-            return x0
+            return self.x0_eps(x, t, path)[0]
 
         return Denoiser(net, path, prediction="x0", time_input="t")
 
@@ -89,9 +86,7 @@ class Gaussian(_Target):
             raise ValueError("cov must be symmetric")
         evals, evecs = torch.linalg.eigh(cov)
         if float(evals.min()) <= 0:
-            raise ValueError(
-                f"cov must be positive definite; its smallest eigenvalue is {float(evals.min()):.3g}"
-            )
+            raise ValueError(f"cov must be positive definite; its smallest eigenvalue is {float(evals.min()):.3g}")
         self.mean, self.cov, self.d = mean, cov, d
         self.evals, self.evecs = evals, evecs
 
@@ -105,8 +100,7 @@ class Gaussian(_Target):
 
     def x0_eps(self, x, t, path):
         """Exact ``(E[x0|x_t], E[eps|x_t])`` for ``x`` of shape ``[B, ...]`` (float64, shaped like x)."""
-        f = self._flat(x)
-        a, s = _coef(path, t, f.shape[0], f.device)
+        f, a, s = self._at(x, t, path)
         z = self._rot(f, a)
         v = self.marginal_var(a, s)
         q = self.evecs.to(f.device)
@@ -116,8 +110,7 @@ class Gaussian(_Target):
 
     def log_prob(self, x, t, path: Path) -> torch.Tensor:
         """``log p_t(x)`` of the marginal at path time ``t`` (``[B]``, float64)."""
-        f = self._flat(x)
-        a, s = _coef(path, t, f.shape[0], f.device)
+        f, a, s = self._at(x, t, path)
         z = self._rot(f, a)
         v = self.marginal_var(a, s)
         return -0.5 * ((z * z / v).sum(1) + torch.log(v).sum(1) + self.d * _LOG_2PI)
@@ -130,10 +123,8 @@ class Gaussian(_Target):
 
     def flow_map(self, x_T: torch.Tensor, T, t, path: Path) -> torch.Tensor:
         """Exact PF-ODE solution at time ``t`` from ``x_T`` at time ``T`` (shaped like ``x_T``, float64)."""
-        f = self._flat(x_T)
-        b = f.shape[0]
-        aT, sT = _coef(path, T, b, f.device)
-        at, st = _coef(path, t, b, f.device)
+        f, aT, sT = self._at(x_T, T, path)
+        at, st = _coef(path, t, f.shape[0], f.device)
         z = self._rot(f, aT)
         ratio = torch.sqrt(self.marginal_var(at, st) / self.marginal_var(aT, sT))
         out = at * self.mean.to(f.device) + (ratio * z) @ self.evecs.to(f.device).T
@@ -211,8 +202,7 @@ class GaussianMixture(_Target):
 
     def x0_eps(self, x, t, path):
         """Exact ``(E[x0|x_t], E[eps|x_t])`` for ``x`` of shape ``[B, ...]`` (float64, shaped like x)."""
-        f = self._flat(x)
-        a, s = _coef(path, t, f.shape[0], f.device)
+        f, a, s = self._at(x, t, path)
         logw, vt, diff = self._components(f, a, s)
         r = torch.softmax(logw, dim=1)[:, :, None]  # responsibilities
         var = self.variances.to(f.device)[None]
@@ -222,8 +212,7 @@ class GaussianMixture(_Target):
 
     def log_prob(self, x, t, path: Path) -> torch.Tensor:
         """``log p_t(x)`` of the marginal at path time ``t`` (``[B]``, float64)."""
-        f = self._flat(x)
-        a, s = _coef(path, t, f.shape[0], f.device)
+        f, a, s = self._at(x, t, path)
         logw, _, _ = self._components(f, a, s)
         return torch.logsumexp(logw, dim=1)
 

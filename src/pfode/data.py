@@ -32,14 +32,10 @@ def _gen(generator: torch.Generator | None, seed: int | None) -> torch.Generator
         raise ValueError("give generator= or seed=, not both")
     if generator is not None:
         return generator
-    g = torch.Generator()
-    g.manual_seed(0 if seed is None else int(seed))
-    return g
+    return torch.Generator().manual_seed(0 if seed is None else int(seed))
 
 
-def toy2d(
-    name: str, n: int, generator: torch.Generator | None = None, seed: int | None = None
-) -> torch.Tensor:
+def toy2d(name: str, n: int, generator: torch.Generator | None = None, seed: int | None = None) -> torch.Tensor:
     """``n`` points ``[n, 2]`` (float32) of a 2-D toy distribution, roughly centred with spread ~1-2.
 
     * ``"8gaussians"``: 8 isotropic Gaussians (std 0.15) at radius 2, angles ``k pi / 4``;
@@ -129,9 +125,7 @@ def load_array(path, key: str | None = None) -> torch.Tensor:
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"{path}: array dtype {arr.dtype} is not numeric")
     if arr.ndim < 2 or arr.shape[0] < 1:
-        raise ValueError(
-            f"{path}: need an array [N, ...] with a sample dimension first, got shape {arr.shape}"
-        )
+        raise ValueError(f"{path}: need an array [N, ...] with a sample dimension first, got shape {arr.shape}")
     x = torch.as_tensor(np.ascontiguousarray(arr), dtype=torch.float32)
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{path}: array has non-finite values")
@@ -177,8 +171,7 @@ def image_folder(path, size: int | tuple[int, int] | None = None, mode: str = "L
             first = (f, a.shape)
         elif a.shape != first[1]:
             raise ValueError(
-                f"images differ in size: {first[0].name} is {first[1]}, {f.name} is {a.shape}; "
-                "pass size= to resize"
+                f"images differ in size: {first[0].name} is {first[1]}, {f.name} is {a.shape}; pass size= to resize"
             )
         arrays.append(a)
     x = torch.as_tensor(np.stack(arrays))
@@ -193,9 +186,7 @@ def load_dataset(spec: dict):
     ``{"name": "reflow-pairs", "path": ...}`` (returns the ``(sample, noise)`` pair of a
     :class:`pfode.train.couplings.PairStore`)."""
     if not isinstance(spec, dict) or "name" not in spec:
-        raise ValueError(
-            f"dataset spec must be a dict with a 'name' (one of {', '.join(DATASETS)}), got {spec!r}"
-        )
+        raise ValueError(f"dataset spec must be a dict with a 'name' (one of {', '.join(DATASETS)}), got {spec!r}")
     opts = {k: v for k, v in spec.items() if k != "name"}
     name = check_choice("dataset name", spec["name"], DATASETS)
     try:

@@ -35,31 +35,12 @@ from .predictions import Coeffs, Denoiser, check_denoiser
 __all__ = ["cfg", "dynamic_thresholding", "threshold_x0", "classifier_guidance"]
 
 
-def _check_scale(name: str, scale) -> float:
-    return check_finite_float(name, scale)
-
-
 class _Wrapper(torch.nn.Module):
-    """Holds the wrapped network (and classifier) as submodules when they are modules."""
+    """Holds the wrapped network (and classifier): modules become submodules, other callables attributes."""
 
     def __init__(self, net, extra=None):
         super().__init__()
-        if isinstance(net, torch.nn.Module):
-            self.inner = net
-        else:
-            object.__setattr__(self, "_fn", net)
-        if isinstance(extra, torch.nn.Module):
-            self.extra = extra
-        else:
-            object.__setattr__(self, "_extra_fn", extra)
-
-    @property
-    def _inner_fn(self):
-        return self.inner if "inner" in self._modules else self._fn
-
-    @property
-    def _extra(self):
-        return self.extra if "extra" in self._modules else self._extra_fn
+        self.inner, self.extra = net, extra
 
 
 # -- classifier-free guidance -------------------------------------------------------------------------
@@ -90,18 +71,13 @@ def _cat_cond(cond: dict, uncond: dict, b: int):
 class _CFGNet(_Wrapper):
     def __init__(self, net, scale: float, uncond, batched: bool):
         super().__init__(net)
-        self.scale = scale
-        self.uncond = uncond
-        self.batched = batched
+        self.scale, self.uncond, self.batched = scale, uncond, batched
 
     def forward(self, x, t, **cond):
-        net = self._inner_fn
-        w = self.scale
+        net, w = self.inner, self.scale
         if w == 1.0:
             return net(x, t, **cond)
-        unc = (
-            self.uncond(cond) if callable(self.uncond) else ({} if self.uncond is None else dict(self.uncond))
-        )
+        unc = self.uncond(cond) if callable(self.uncond) else dict(self.uncond or {})
         if w == 0.0:
             return net(x, t, **unc)
         b = x.shape[0]
@@ -134,11 +110,9 @@ def cfg(
             tensor is expanded); falls back to two calls when the kwargs cannot be batched.
     """
     check_denoiser(denoiser)
-    scale = _check_scale("scale", scale)
+    scale = check_finite_float("scale", scale)
     if uncond is not None and not (isinstance(uncond, dict) or callable(uncond)):
-        raise TypeError(
-            f"uncond must be a dict of keyword arguments or a callable, got {type(uncond).__name__}"
-        )
+        raise TypeError(f"uncond must be a dict of keyword arguments or a callable, got {type(uncond).__name__}")
     net = _CFGNet(denoiser.net, scale, uncond, bool(batched))
     return Denoiser(net, denoiser.path, prediction=denoiser.prediction, time_input=denoiser.time_input)
 
@@ -170,8 +144,7 @@ def threshold_x0(
 class _ThresholdNet(_Wrapper):
     def __init__(self, den: Denoiser, kw: dict):
         super().__init__(den.net)
-        object.__setattr__(self, "den", den)
-        self.kw = kw
+        self.den, self.kw = den, kw
 
     def forward(self, x, t, **cond):
         x0, _ = self.den(x, as_f64(t), **cond)
@@ -210,9 +183,7 @@ def dynamic_thresholding(
 class _ClassifierNet(_Wrapper):
     def __init__(self, den: Denoiser, log_prob, scale: float, net_keys):
         super().__init__(den.net, log_prob)
-        object.__setattr__(self, "den", den)
-        self.scale = scale
-        self.net_keys = net_keys
+        self.den, self.scale, self.net_keys = den, scale, net_keys
 
     def forward(self, x, t, **cond):
         t64 = as_f64(t)
@@ -223,7 +194,7 @@ class _ClassifierNet(_Wrapper):
         outer = x.requires_grad and torch.is_grad_enabled()
         with torch.enable_grad():
             xg = x if outer else x.detach().requires_grad_(True)
-            lp = self._extra(xg, t64.to(x.device), **cond)
+            lp = self.extra(xg, t64.to(x.device), **cond)
             if not isinstance(lp, torch.Tensor) or lp.shape != (x.shape[0],):
                 raise ValueError(f"log_prob must return a [B] tensor, got {getattr(lp, 'shape', type(lp))}")
             (grad,) = torch.autograd.grad(lp.sum(), xg, create_graph=outer)
@@ -246,8 +217,6 @@ def classifier_guidance(
     check_denoiser(denoiser)
     if not callable(log_prob):
         raise TypeError(f"log_prob must be callable as log_prob(x, t, **cond), got {type(log_prob).__name__}")
-    scale = _check_scale("scale", scale)
+    scale = check_finite_float("scale", scale)
     keys = None if net_keys is None else tuple(net_keys)
-    return Denoiser(
-        _ClassifierNet(denoiser, log_prob, scale, keys), denoiser.path, prediction="x0", time_input="t"
-    )
+    return Denoiser(_ClassifierNet(denoiser, log_prob, scale, keys), denoiser.path, prediction="x0", time_input="t")

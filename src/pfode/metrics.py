@@ -25,9 +25,7 @@ def sqrtm_psd(a: torch.Tensor) -> torch.Tensor:
 def _check_gaussian(name, m, s):
     m, s = as_f64(m), as_f64(s)
     if m.dim() != 1 or s.shape != (m.shape[0], m.shape[0]):
-        raise ValueError(
-            f"{name}: mean must be [d] and cov [d, d]; got {tuple(m.shape)} and {tuple(s.shape)}"
-        )
+        raise ValueError(f"{name}: mean must be [d] and cov [d, d]; got {tuple(m.shape)} and {tuple(s.shape)}")
     if float(torch.linalg.eigvalsh(0.5 * (s + s.T)).min()) < -1e-10 * max(1.0, float(s.abs().max())):
         raise ValueError(f"{name}: covariance must be positive semi-definite")
     return m, s
@@ -112,9 +110,7 @@ def straightness(trajectory: torch.Tensor, times) -> float:
             "for one sample use trajectory[:, None]"
         )
     if traj.shape[0] != t.shape[0] or t.shape[0] < 2:
-        raise ValueError(
-            f"trajectory has {traj.shape[0]} states but times has {t.shape[0]} (need >= 2, equal)"
-        )
+        raise ValueError(f"trajectory has {traj.shape[0]} states but times has {t.shape[0]} (need >= 2, equal)")
     flat = traj.reshape(traj.shape[0], traj.shape[0] and traj.shape[1], -1)
     dt = t[1:] - t[:-1]
     vel = (flat[1:] - flat[:-1]) / dt[:, None, None]

@@ -128,21 +128,17 @@ def scatter_2d(x, path, title: str = "", reference=None, labels=("samples", "dat
     if r is not None:
         ax.scatter(r[:, 0], r[:, 1], s=size, c="0.7", alpha=0.6, lw=0, label=f"{labels[1]} ({len(r)})")
     ax.scatter(a[:, 0], a[:, 1], s=size, c="C0", alpha=0.8, lw=0, label=f"{labels[0]} ({len(a)})")
-    xl, yl = _limits(a, r)
-    ax.set_xlim(*xl)
-    ax.set_ylim(*yl)
-    ax.set_aspect("equal")
-    ax.set_xlabel("$x_1$")
-    ax.set_ylabel("$x_2$")
-    ax.legend(
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.1),
-        ncol=2,
-        markerscale=max(1.0, 6 / size),
-        fontsize=9,
-        frameon=False,
-    )
     ax.grid(alpha=0.25)
+    return _finish_2d(fig, ax, (a, r), title, max(1.0, 6 / size), path, overwrite)
+
+
+def _finish_2d(fig, ax, arrays, title: str, markerscale: float, path, overwrite):
+    """Equal axes fitted to ``arrays``, axis labels, the legend below, the title; save the figure."""
+    xl, yl = _limits(*arrays)
+    ax.set(xlim=xl, ylim=yl, aspect="equal", xlabel="$x_1$", ylabel="$x_2$")
+    ax.legend(
+        loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, markerscale=markerscale, fontsize=9, frameon=False
+    )
     if title:
         ax.set_title(title, fontsize=11)
     fig.tight_layout()
@@ -173,19 +169,8 @@ def trajectories_2d(traj, times, path, title: str = "", n_lines: int = 300, time
     ax.add_collection(lc)
     ax.scatter(tr[0, :, 0], tr[0, :, 1], s=6, c="0.45", lw=0, label="start (noise)", zorder=3)
     ax.scatter(tr[-1, :, 0], tr[-1, :, 1], s=8, c="C3", lw=0, label="end (samples)", zorder=3)
-    xl, yl = _limits(tr[0], tr[-1])
-    ax.set_xlim(*xl)
-    ax.set_ylim(*yl)
-    ax.set_aspect("equal")
-    ax.set_xlabel("$x_1$")
-    ax.set_ylabel("$x_2$")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, markerscale=2, fontsize=9, frameon=False)
-    cb = fig.colorbar(lc, ax=ax, fraction=0.046, pad=0.04)
-    cb.set_label(time_label)
-    if title:
-        ax.set_title(title, fontsize=11)
-    fig.tight_layout()
-    return save_figure(fig, path, overwrite)
+    fig.colorbar(lc, ax=ax, fraction=0.046, pad=0.04).set_label(time_label)
+    return _finish_2d(fig, ax, (tr[0], tr[-1]), title, 2, path, overwrite)
 
 
 def save_samples(x, path, title: str = "", reference=None, overwrite=True):
@@ -224,14 +209,7 @@ _MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">", "*", "h", "p")
 _STYLES = ("-", "--", "-.", ":")
 
 
-def error_vs_nfe(
-    results: dict,
-    path,
-    title: str = "",
-    ylabel: str = "error",
-    xlabel: str = "NFE (network evaluations)",
-    overwrite=True,
-):
+def error_vs_nfe(results: dict, path, title="", ylabel="error", xlabel="NFE (network evaluations)", overwrite=True):
     """Log-log curves of error against NFE, one per entry of ``results`` (``{label: {nfe: error}}``).
 
     Missing or non-finite errors leave gaps; the legend sits outside the axes.
@@ -246,16 +224,8 @@ def error_vs_nfe(
             continue
         nfes_all.update(n for n, _ in pts)
         xs, ys = zip(*pts)
-        ax.plot(
-            xs,
-            ys,
-            marker=_MARKERS[i % len(_MARKERS)],
-            ls=_STYLES[(i // 10) % len(_STYLES)],
-            color=f"C{i % 10}",
-            ms=5,
-            lw=1.3,
-            label=label,
-        )
+        marker, ls = _MARKERS[i % len(_MARKERS)], _STYLES[(i // 10) % len(_STYLES)]
+        ax.plot(xs, ys, marker=marker, ls=ls, color=f"C{i % 10}", ms=5, lw=1.3, label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
     if nfes_all:
@@ -263,7 +233,6 @@ def error_vs_nfe(
         ax.set_xticks(ticks)
         ax.set_xticklabels([str(t) for t in ticks])
         ax.minorticks_off()
-        ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)

@@ -70,6 +70,7 @@ class name (``spacing="DPMSolverMultistepScheduler"`` takes that scheduler's tim
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from collections.abc import Callable
@@ -89,12 +90,12 @@ except ImportError as e:  # pragma: no cover - exercised only without diffusers
         "pfode.integrations.diffusers needs the 'diffusers' package: pip install 'pfode[diffusers]'"
     ) from e
 
-from .._checks import as_f64, check_choice, check_int
+from .._checks import as_f64, check_choice, check_finite_float, check_int
 from ..engine import drive
 from ..grids import SPACINGS, as_grid
 from ..grids import grid as make_grid
 from ..paths import Linear, Path, VPDiscrete
-from ..predictions import Coeffs, Denoiser
+from ..predictions import Coeffs, Denoiser, get_prediction
 from ..solvers.base import Solver, Table
 from ..solvers.base import get as get_solver
 
@@ -126,17 +127,24 @@ _FINAL_SIGMAS = ("zero", "sigma_min")
 # ------------------------------------------------------------------------------------------------
 def _as_config(config) -> dict:
     """A plain dict from a config mapping or from an object with ``.config`` (a scheduler)."""
-    if hasattr(config, "config") and not isinstance(config, dict):
-        config = config.config
-    if not isinstance(config, dict):
-        try:
-            config = dict(config)
-        except (TypeError, ValueError):
-            raise TypeError(
-                "scheduler_config must be a diffusers scheduler config (a dict) or a scheduler, "
-                f"got {type(config).__name__}"
-            ) from None
-    return dict(config)
+    try:
+        return dict(config if isinstance(config, dict) else getattr(config, "config", config))
+    except (TypeError, ValueError):
+        raise TypeError(
+            "scheduler_config must be a diffusers scheduler config (a dict) or a scheduler, "
+            f"got {type(config).__name__}"
+        ) from None
+
+
+def _n_train(cfg: dict) -> int:
+    n = cfg.get("num_train_timesteps", 1000)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"num_train_timesteps={n!r}: need an integer >= 2")
+    return n
+
+
+def _unsupported(key: str, value, allowed, extra: str = "") -> ValueError:
+    return ValueError(f"{key}={value!r} is not supported; supported values: {', '.join(map(repr, allowed))}{extra}")
 
 
 def _family(cfg: dict) -> str:
@@ -163,9 +171,7 @@ def betas_from_config(config) -> torch.Tensor:
     ``min(1 - abar((i + 1)/N) / abar(i/N), 0.999)``, ``abar(t) = cos((t + 0.008)/1.008 pi/2)^2``).
     """
     cfg = _as_config(config)
-    n = cfg.get("num_train_timesteps", 1000)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"num_train_timesteps={n!r}: need an integer >= 2")
+    n = _n_train(cfg)
     trained = cfg.get("trained_betas")
     if trained is not None:
         b = torch.tensor(np.asarray(trained, dtype=np.float64), dtype=torch.float32).flatten()
@@ -183,14 +189,8 @@ def betas_from_config(config) -> torch.Tensor:
         def abar(t):
             return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
 
-        return torch.tensor(
-            [min(1 - abar((i + 1) / n) / abar(i / n), 0.999) for i in range(n)], dtype=torch.float32
-        )
-    raise ValueError(
-        f"beta_schedule={schedule!r} is not supported; "
-        f"supported values: {', '.join(map(repr, BETA_SCHEDULES))} "
-        "(or give trained_betas)"
-    )
+        return torch.tensor([min(1 - abar((i + 1) / n) / abar(i / n), 0.999) for i in range(n)], dtype=torch.float32)
+    raise _unsupported("beta_schedule", schedule, BETA_SCHEDULES, " (or give trained_betas)")
 
 
 class _ScaledTime:
@@ -236,14 +236,12 @@ class PathSpec:
     def t_of_timestep(self, timestep) -> torch.Tensor:
         """Path time (float64) of diffusers timesteps: ``(ts + 1) / N`` (DDPM) or ``ts / N`` (flow)."""
         ts = as_f64(timestep)
-        n = self.num_train_timesteps
-        return (ts + 1.0) / n if self.family == "ddpm" else ts / n
+        return (ts + 1.0 if self.family == "ddpm" else ts) / self.num_train_timesteps
 
     def timestep_of_t(self, t) -> torch.Tensor:
         """Diffusers timestep (float64) of path time ``t``: ``N t - 1`` (DDPM) or ``N t`` (flow)."""
-        t = as_f64(t)
-        n = self.num_train_timesteps
-        return t * n - 1.0 if self.family == "ddpm" else t * n
+        tn = as_f64(t) * self.num_train_timesteps
+        return tn - 1.0 if self.family == "ddpm" else tn
 
     @property
     def t_first(self) -> float:
@@ -253,8 +251,7 @@ class PathSpec:
     @property
     def t_last(self) -> float:
         """Least noisy training time: timestep 0 (DDPM); ``shift(1/N)``, diffusers' ``sigma_min`` (flow)."""
-        u = 1.0 / self.num_train_timesteps
-        return u if self.family == "ddpm" else float(self.apply_shift(torch.tensor(u, dtype=torch.float64)))
+        return float(self.apply_shift(1.0 / self.num_train_timesteps))
 
     def shift_value(self, mu: float | None = None) -> float:
         """The shift in force: ``shift``, or from ``mu`` with dynamic shifting."""
@@ -292,9 +289,7 @@ def path_from_config(scheduler_config, *, learned_variance: str = "error") -> Pa
     """
     check_choice("learned_variance", learned_variance, ("error", "drop"))
     cfg = _as_config(scheduler_config)
-    n = cfg.get("num_train_timesteps", 1000)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"num_train_timesteps={n!r}: need an integer >= 2")
+    n = _n_train(cfg)
     variance = cfg.get("variance_type")
     learned = variance in _LEARNED_VARIANCES
     if learned and learned_variance == "error":
@@ -305,26 +300,17 @@ def path_from_config(scheduler_config, *, learned_variance: str = "error") -> Pa
             " PFODEScheduler do) to use the first C channels"
         )
     if variance not in _FIXED_VARIANCES and not learned:
-        raise ValueError(
-            f"variance_type={variance!r} is not supported; supported values: "
-            f"{', '.join(map(repr, _FIXED_VARIANCES + _LEARNED_VARIANCES))}"
-        )
-    family = _family(cfg)
-    if family == "flow":
+        raise _unsupported("variance_type", variance, _FIXED_VARIANCES + _LEARNED_VARIANCES)
+    if _family(cfg) == "flow":
         if cfg.get("invert_sigmas"):
             raise ValueError("invert_sigmas=True is not supported; supported value: False")
         tst = cfg.get("time_shift_type", "exponential")
         if tst not in _TIME_SHIFT_TYPES:
-            raise ValueError(
-                f"time_shift_type={tst!r} is not supported; "
-                f"supported values: {', '.join(map(repr, _TIME_SHIFT_TYPES))}"
-            )
+            raise _unsupported("time_shift_type", tst, _TIME_SHIFT_TYPES)
         # prediction_type is ignored here: flow models predict noise - x0 (PFODEScheduler configs carry
         # diffusers' DDPM default "epsilon", which the flow family does not use)
         shift = cfg.get("flow_shift", 1.0) if cfg.get("use_flow_sigmas") else cfg.get("shift", 1.0)
-        shift = float(1.0 if shift is None else shift)
-        if not (math.isfinite(shift) and shift > 0):
-            raise ValueError(f"shift={shift!r}: must be a finite number > 0")
+        shift = check_finite_float("shift", 1.0 if shift is None else shift, 0.0, strict=True)
         return PathSpec(
             path=Linear(t_min=(shift / n) / (1.0 + (shift - 1.0) / n), t_max=1.0 - 1e-3),
             prediction="velocity",
@@ -339,11 +325,7 @@ def path_from_config(scheduler_config, *, learned_variance: str = "error") -> Pa
         )
     pt = cfg.get("prediction_type", "epsilon")
     if pt not in PREDICTION_TYPES:
-        raise ValueError(
-            f"prediction_type={pt!r} is not supported; "
-            f"supported values: {', '.join(map(repr, PREDICTION_TYPES))} "
-            "(and 'flow_prediction' with use_flow_sigmas=True)"
-        )
+        raise _unsupported("prediction_type", pt, PREDICTION_TYPES, " (and 'flow_prediction' with use_flow_sigmas)")
     if cfg.get("rescale_betas_zero_snr"):
         raise ValueError(
             "rescale_betas_zero_snr=True is not supported (zero terminal SNR puts alpha = 0 at the last "
@@ -372,31 +354,19 @@ def _unwrap_output(out):
         return out.sample
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         return out[0]
-    raise TypeError(
-        f"the model returned {type(out).__name__}; expected a tensor, an object with .sample, or a tuple"
-    )
+    raise TypeError(f"the model returned {type(out).__name__}; expected a tensor, an object with .sample, or a tuple")
 
 
 def _match_channels(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The first ``C`` channels of a ``2C``-channel (learned-variance) output; other mismatches raise."""
     if out.shape == x.shape:
         return out
-    if out.dim() == x.dim() >= 2 and out.shape[0] == x.shape[0] and out.shape[2:] == x.shape[2:]:
-        if out.shape[1] == 2 * x.shape[1]:
-            return out[:, : x.shape[1]]
+    if x.dim() >= 2 and out.shape == (x.shape[0], 2 * x.shape[1], *x.shape[2:]):
+        return out[:, : x.shape[1]]
     raise ValueError(
         f"model output shape {tuple(out.shape)} does not match the sample shape {tuple(x.shape)}: expected C "
         f"channels, or 2C for a learned-variance model (whose first C channels are used)"
     )
-
-
-def _takes_timestep_keyword(model) -> bool:
-    fn = model.forward if isinstance(model, torch.nn.Module) else model
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return "timestep" in params
 
 
 class _DiffusersNet:
@@ -406,7 +376,11 @@ class _DiffusersNet:
         if not callable(model):
             raise TypeError(f"model must be callable, got {type(model).__name__}")
         self.model = model
-        self.keyword = _takes_timestep_keyword(model)
+        fn = model.forward if isinstance(model, torch.nn.Module) else model
+        try:
+            self.keyword = "timestep" in inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            self.keyword = False
         dt = getattr(model, "dtype", None)
         self.dtype = dt if isinstance(dt, torch.dtype) and dt.is_floating_point else None
 
@@ -434,24 +408,14 @@ def denoiser(model, scheduler_config, *, timestep_scale: float | None = None) ->
         a :class:`pfode.Denoiser`; pass conditioning as ``pfode.sample(..., cond={...})``.
     """
     spec = path_from_config(scheduler_config, learned_variance="drop")
-    net = _DiffusersNet(model)
     time_input = spec.time_input
-    if spec.family == "flow":
-        if timestep_scale is None and type(model).__name__.startswith("Flux"):
-            timestep_scale = 1.0
-        if timestep_scale is not None:
-            if not (
-                isinstance(timestep_scale, (int, float))
-                and math.isfinite(timestep_scale)
-                and timestep_scale > 0
-            ):
-                raise ValueError(f"timestep_scale={timestep_scale!r}: must be a finite number > 0")
-            time_input = _ScaledTime(timestep_scale)
-    elif timestep_scale is not None:
-        raise ValueError(
-            "timestep_scale applies to flow-matching configs; DDPM-style models see their timestep index"
-        )
-    return Denoiser(net, spec.path, spec.prediction, time_input)
+    if spec.family != "flow" and timestep_scale is not None:
+        raise ValueError("timestep_scale applies to flow-matching configs; DDPM-style models see their timestep index")
+    if spec.family == "flow" and timestep_scale is None and type(model).__name__.startswith("Flux"):
+        timestep_scale = 1.0
+    if timestep_scale is not None:
+        time_input = _ScaledTime(check_finite_float("timestep_scale", timestep_scale, 0.0, strict=True))
+    return Denoiser(_DiffusersNet(model), spec.path, spec.prediction, time_input)
 
 
 def grid_from_timesteps(timesteps, scheduler_config) -> torch.Tensor:
@@ -472,9 +436,8 @@ def grid_from_scheduler(scheduler) -> tuple[torch.Tensor, bool]:
     spec = path_from_config(scheduler.config, learned_variance="drop")
     if spec.family == "flow":
         sig = torch.as_tensor(scheduler.sigmas).detach().cpu().to(torch.float64).flatten()
-        if float(sig[-1]) == 0.0:
-            return as_grid(spec.path, sig[:-1]), True
-        return as_grid(spec.path, sig), False
+        zero = float(sig[-1]) == 0.0
+        return as_grid(spec.path, sig[:-1] if zero else sig), zero
     g = spec.t_of_timestep(torch.as_tensor(scheduler.timesteps).detach().cpu()).flatten()
     if hasattr(scheduler, "final_alpha_cumprod"):
         zero = float(scheduler.final_alpha_cumprod) == 1.0
@@ -504,69 +467,40 @@ class PFODESchedulerOutput(BaseOutput):
     pred_original_sample: torch.Tensor | None = None
 
 
-class _StashNet:
-    """Stands in for the network: returns the model output handed to :meth:`PFODEScheduler.step`."""
-
-    value: torch.Tensor | None = None
-
-    def __call__(self, x, t, **cond):
-        return self.value
-
-
 class _Program:
-    """A solver's plan on one grid, and the sequence of network evaluations it will make."""
+    """A solver's plan on one grid, and the points of the network evaluations it will make, in order."""
 
     def __init__(self, solver: Solver, spec: PathSpec, grid: torch.Tensor, zero_end: bool):
         self.grid, self.zero_end = grid, zero_end
         self.table = Table(spec.path, grid, zero_end)
         self.plan = solver.plan(self.table)
-        # trace the evaluation order with a dummy state: which point each evaluation is at, in which step
-        self.points: list[int] = []
-        self.owner: list[int] = []
-        self.first: list[int] = []
-        x = torch.zeros(1, dtype=torch.float64)
-        hist = None
-        for m, st in enumerate(self.plan):
+        self.points: list[int] = []  # the point of each evaluation
+        self.first: list[int] = []  # the first evaluation of each plan step
+        x, hist = torch.zeros(1, dtype=torch.float64), None
+        for m, st in enumerate(self.plan):  # trace the evaluation order with a dummy state
             self.first.append(len(self.points))
-
-            def ev(xx, k, _m=m):
-                self.points.append(k)
-                self.owner.append(_m)
-                return torch.zeros_like(xx)
-
-            x, hist, _ = drive(solver.program(x, hist, st, lambda _x=x: torch.zeros_like(_x)), ev)
+            program = solver.program(x, hist, st, lambda: torch.zeros(1, dtype=torch.float64))
+            x, hist, _ = drive(program, lambda xx, k: self.points.append(k) or torch.zeros_like(xx))
             if len(self.points) == self.first[-1]:
                 raise ValueError(f"solver {solver.name!r} made no network evaluation in step {m}")
-        self.coef = [(p.alpha, p.sigma, p.d_alpha, p.d_sigma) for p in (self.table[k] for k in self.points)]
         self.t = torch.tensor([self.table[k].t for k in self.points], dtype=torch.float64)
 
-    def __len__(self):
-        return len(self.points)
 
-
+@dataclass
 class _Run:
     """Progress of one sampling loop through a :class:`_Program`."""
 
-    def __init__(self, prog: _Program, offset: int, shape):
-        self.prog, self.offset, self.shape = prog, offset, tuple(shape)
-        self.pos = 0  # next evaluation (index into prog)
-        self.hist = None  # the solver's history after the last completed plan step
-        self.program = None  # the current plan step's step program, suspended at its next evaluation
-        self.generator = None  # seeds the noise of stochastic solvers (from the latest step() call)
-        self.stage = None  # full-precision state handed back last (the next evaluation's input)
-        self.ready = -1  # plan step whose start state (x) was set when the previous step completed
-        self.returned = None  # the tensor last handed back to the pipeline
-
-
-def _compatible_names() -> list[str]:
-    names = [e.name for e in KarrasDiffusionSchedulers]
-    names += [
-        "FlowMatchEulerDiscreteScheduler",
-        "FlowMatchHeunDiscreteScheduler",
-        "DDPMScheduler",
-        "DDIMScheduler",
-    ]
-    return sorted(set(names))
+    prog: _Program
+    offset: int  # index into the scheduler's timesteps of the program's first evaluation
+    shape: tuple
+    pos: int = 0  # next evaluation (index into prog.points)
+    m: int = 0  # current plan step
+    hist: object = None  # the solver's history after the last completed plan step
+    program: object = None  # the current plan step's step program, suspended at its next evaluation
+    k: int = 0  # the table point of that evaluation
+    generator: object = None  # seeds the noise of stochastic solvers (from the latest step() call)
+    stage: torch.Tensor | None = None  # full-precision state handed back last (the next evaluation's input)
+    returned: torch.Tensor | None = None  # the tensor last handed back to the pipeline
 
 
 class PFODEScheduler(SchedulerMixin, ConfigMixin):
@@ -596,9 +530,9 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
     solver with ``k`` evaluations per step exposes its intermediate times in ``timesteps`` as diffusers'
     Heun scheduler does (``order`` is ``k``), so ``len(timesteps)`` is the number of model calls.
 
-    How it runs: each :meth:`step` call hands over one model output; the solver's current step is replayed
-    from its start with the outputs received so far (cheap tensor arithmetic) until it needs the next
-    evaluation, whose input state is returned as ``prev_sample``. All state lives in a run that
+    How it runs: each :meth:`step` call hands over one model output, which resumes the solver's current step
+    program (suspended at its evaluation) until it needs the next evaluation, whose input state is returned as
+    ``prev_sample``. All state lives in a run that
     :meth:`set_timesteps` resets; a call with the first timestep also starts a new run (a pipeline reused
     without ``set_timesteps``), and a call with an unexpected timestep or a batch-size change mid-run is an
     error, so multistep history is never mixed between runs. ``sample`` passed at the start of each solver
@@ -606,7 +540,10 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
     ``x0_hat`` is applied.
     """
 
-    _compatibles = _compatible_names()
+    _compatibles = sorted(
+        {e.name for e in KarrasDiffusionSchedulers}
+        | {"FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "DDPMScheduler", "DDIMScheduler"}
+    )
     order = 1
     init_noise_sigma = 1.0
 
@@ -646,18 +583,16 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
                     "or the class name of a diffusers scheduler (e.g. 'DPMSolverMultistepScheduler')"
                 )
         if family == "flow" and spacing in ("leading", "trailing"):
-            raise ValueError(
-                f"spacing={spacing!r} applies to DDPM-style schedules; flow matching supports 'linspace'"
-            )
+            raise ValueError(f"spacing={spacing!r} applies to DDPM-style schedules; flow matching supports 'linspace'")
         if not isinstance(solver, str):
             raise TypeError(f"solver must be a pfode solver name (a string), got {type(solver).__name__}")
         self._solver = get_solver(solver, **dict(solver_options or {}))
-        if getattr(self._solver, "adaptive", False):
+        if self._solver.adaptive:
             raise ValueError(
                 f"solver={solver!r} is adaptive and cannot be driven step by step; pick a fixed-step solver"
             )
         self._spec = path_from_config(dict(self.config), learned_variance="drop")
-        self._den = Denoiser(_StashNet(), self._spec.path, self._spec.prediction, "t")
+        self._pred = get_prediction(self._spec.prediction)
         self.order = self._solver.evals_per_step
         self.num_inference_steps = None
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.int64)
@@ -671,10 +606,8 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
         """diffusers' ``from_config``; the family (DDPM-style or flow matching) is read from ``config``."""
         if config is not None and "family" not in kwargs:
-            try:
+            with contextlib.suppress(TypeError):
                 kwargs["family"] = _family(_as_config(config))
-            except TypeError:
-                pass
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     # -- properties diffusers pipelines use -------------------------------------------------------
@@ -719,9 +652,7 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
             ts = np.linspace(0, big - 1, n).round()[::-1].copy().astype(np.int64)
         elif sp == "leading":
             ratio = big // n
-            ts = (np.arange(0, n) * ratio).round()[::-1].copy().astype(np.int64) + int(
-                self.config.steps_offset
-            )
+            ts = (np.arange(0, n) * ratio).round()[::-1].copy().astype(np.int64) + int(self.config.steps_offset)
         else:  # trailing
             ts = np.round(np.arange(big, 0, -big / n)).astype(np.int64) - 1
         return torch.from_numpy(ts)
@@ -747,41 +678,29 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
             g = spec.t_of_timestep(torch.as_tensor(np.asarray(timesteps, dtype=np.float64)))
         elif sigmas is not None:
             s = torch.as_tensor(np.asarray(sigmas, dtype=np.float64)).flatten()
-            if flow:
-                g = spec.apply_shift(s, mu)
-            else:
-                g = path.t_of_s(s)
+            g = spec.apply_shift(s, mu) if flow else path.t_of_s(s)
         elif cfg.spacing in SPACINGS:
-            check_int("num_inference_steps", n, 1)
             lam_free = not self._solver.needs_finite_lam and cfg.spacing in ("uniform", "quadratic")
             t_start = spec.t_first if (not flow or lam_free) else path.t_max
-            t_end = spec.t_last
-            if flow and mu is not None:
-                t_end = float(
-                    spec.apply_shift(torch.tensor(1.0 / cfg.num_train_timesteps, dtype=torch.float64), mu)
-                )
+            t_end = float(spec.apply_shift(1.0 / cfg.num_train_timesteps, mu))
             steps = n - 1 if zero else n
             if steps == 0:
                 g = torch.tensor([t_start], dtype=torch.float64)
             elif flow and cfg.spacing in ("uniform", "quadratic"):
                 k = spec.shift_value(mu)
                 u0, u1 = (t / (k - (k - 1.0) * t) for t in (t_start, t_end))  # inverse shift
-                g = make_grid(Linear(), steps, cfg.spacing, t_start=u0, t_end=u1)
-                g = k * g / (1.0 + (k - 1.0) * g)
+                g = spec.apply_shift(make_grid(Linear(), steps, cfg.spacing, t_start=u0, t_end=u1), mu)
                 g[0], g[-1] = t_start, t_end
             else:
                 g = make_grid(path, steps, cfg.spacing, t_start=t_start, t_end=t_end, rho=cfg.rho)
         elif cfg.spacing in _DIFFUSERS_SPACINGS:
-            check_int("num_inference_steps", n, 1)
             if flow:  # FlowMatchEulerDiscreteScheduler's default schedule
                 big = cfg.num_train_timesteps
-                s_min = float(spec.apply_shift(torch.tensor(1.0 / big, dtype=torch.float64)))
-                u = torch.linspace(big * 1.0, s_min * big, n, dtype=torch.float64) / big
-                g = spec.apply_shift(u, mu) if spec.use_dynamic_shifting else spec.apply_shift(u)
+                u = torch.linspace(big * 1.0, spec.t_last * big, n, dtype=torch.float64) / big
+                g = spec.apply_shift(u, mu)
             else:
                 g = spec.t_of_timestep(self._diffusers_timesteps(n))
         else:
-            check_int("num_inference_steps", n, 1)
             other = self._other_scheduler(cfg.spacing, n, mu)
             if flow:
                 g = torch.as_tensor(other.sigmas).detach().cpu().to(torch.float64).flatten()
@@ -822,10 +741,11 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
         """
         if timesteps is not None and sigmas is not None:
             raise ValueError("give timesteps= or sigmas=, not both")
-        if timesteps is None and sigmas is None and num_inference_steps is None:
-            raise ValueError("give num_inference_steps (or custom timesteps= / sigmas=)")
-        if self._spec.use_dynamic_shifting and mu is None and sigmas is None and timesteps is None:
-            if self.config.spacing not in ("logsnr", "karras"):
+        if timesteps is None and sigmas is None:
+            if num_inference_steps is None:
+                raise ValueError("give num_inference_steps (or custom timesteps= / sigmas=)")
+            check_int("num_inference_steps", num_inference_steps, 1)
+            if self._spec.use_dynamic_shifting and mu is None and self.config.spacing not in ("logsnr", "karras"):
                 raise ValueError("mu must be passed to set_timesteps when use_dynamic_shifting=True")
         g, zero = self._build_grid(num_inference_steps, timesteps, sigmas, mu)
         prog = _Program(self._solver, self._spec, g, zero)
@@ -833,16 +753,11 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
         self._begin_index = None
         self.num_inference_steps = len(prog.plan)
         net_t = self._spec.timestep_of_t(prog.t)
-        if bool(torch.all((net_t - net_t.round()).abs() < 1e-6)):
-            ts = net_t.round().to(torch.int64)
-        else:
-            ts = net_t.to(torch.float32)
-        self.timesteps = ts.to(device) if device is not None else ts
+        integer = bool(torch.all((net_t - net_t.round()).abs() < 1e-6))
+        self.timesteps = (net_t.round().to(torch.int64) if integer else net_t.to(torch.float32)).to(device)
         pts = [prog.table[k] for k in prog.points] + [prog.table[prog.table.n_steps]]
-        if self._spec.family == "flow":
-            sig = [p.t for p in pts]
-        else:
-            sig = [0.0 if p.sigma == 0 else p.s for p in pts]
+        flow = self._spec.family == "flow"
+        sig = [p.t if flow else (0.0 if p.sigma == 0 else p.s) for p in pts]
         self.sigmas = torch.tensor(sig, dtype=torch.float32)
         return self
 
@@ -855,8 +770,7 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
             return self._sub[begin]
         if begin not in prog.first:
             raise ValueError(
-                f"begin_index={begin} is not the first evaluation of a solver step; "
-                f"valid values: {prog.first}"
+                f"begin_index={begin} is not the first evaluation of a solver step; valid values: {prog.first}"
             )
         m = prog.first.index(begin)
         sub = _Program(self._solver, self._spec, prog.grid[m:], prog.zero_end)
@@ -892,71 +806,60 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
             raise TypeError("model_output and sample must be tensors")
         tval = float(torch.as_tensor(timestep).detach().flatten()[0])
         run = self._run
-        ok = (
-            run is not None
-            and run.pos < len(run.prog)
-            and self._matches(tval, run.offset + run.pos)
-            and (run.pos == 0 or tuple(sample.shape) == run.shape)
-        )
-        if not ok:
+        at = None if run is None or run.pos >= len(run.prog.points) else run.offset + run.pos
+        if at is None or not self._matches(tval, at) or (run.pos > 0 and tuple(sample.shape) != run.shape):
             begin = self._begin_index or 0
             if not self._matches(tval, begin):
-                if run is not None and run.pos < len(run.prog):
-                    want = (
-                        f"timesteps[{run.offset + run.pos}]={float(self.timesteps[run.offset + run.pos]):g}"
+                if at is not None and self._matches(tval, at):
+                    raise ValueError(
+                        f"the batch shape changed mid-run ({run.shape} -> {tuple(sample.shape)}); "
+                        "call set_timesteps() before sampling another batch"
                     )
-                    if self._matches(tval, run.offset + run.pos):
-                        raise ValueError(
-                            f"the batch shape changed mid-run ({run.shape} -> {tuple(sample.shape)}); "
-                            "call set_timesteps() before sampling another batch"
-                        )
-                else:
-                    want = f"timesteps[{begin}]={float(self.timesteps[begin]):g} to start a run"
+                want = (
+                    f"timesteps[{at}]={float(self.timesteps[at]):g}"
+                    if at is not None
+                    else f"timesteps[{begin}]={float(self.timesteps[begin]):g} to start a run"
+                )
                 raise ValueError(
                     f"step() got timestep {tval:g} but expected {want}; PFODEScheduler follows its "
                     "timesteps in order (call set_timesteps() to start over)"
                 )
-            run = self._run = _Run(self._program_from(begin), begin, sample.shape)
-        prog = run.prog
+            run = self._run = _Run(self._program_from(begin), begin, tuple(sample.shape))
         work = sample.dtype if sample.dtype in (torch.float32, torch.float64) else torch.float32
-        pos = run.pos
-        m = prog.owner[pos]
         run.generator = generator
-        if pos == prog.first[m] and not (run.ready == m and sample is run.returned):
-            # a new run, or the pipeline edited the latents: take the given sample as the step's start state
-            self._begin(run, m, sample.to(work))
-        x_in = run.stage if (run.stage is not None and sample is run.returned) else sample.to(work)
+        if sample is run.returned:
+            x_in = run.stage
+        else:  # a new run, or the pipeline edited the latents
+            x_in = sample.to(work)
+            if run.pos == run.prog.first[run.m]:  # at the start of a solver step: the given sample is its state
+                self._begin(run, x_in)
         out = _match_channels(_unwrap_output(model_output), sample).to(work)
-        self._den.net.value = out
-        try:
-            x0 = self._den.x0(x_in, None, *prog.coef[pos])
-        finally:
-            self._den.net.value = None
+        p = run.prog.table[run.k]
+        x0 = self._pred.x0(out, x_in, p.alpha, p.sigma, p.d_alpha, p.d_sigma)
         run.pos += 1
         try:  # resume the step program with this evaluation; it stops at its next one or finishes
-            _, prev = run.program.send(x0)
+            run.k, prev = run.program.send(x0)
         except StopIteration as stop:
             prev, run.hist, _ = stop.value
-            if m + 1 < len(prog.plan):
+            run.m += 1
+            if run.m < len(run.prog.plan):
                 # start the next solver step right away, so that the pipeline evaluates the model exactly
                 # where that step asks for its first evaluation
-                run.ready = m + 1
-                prev = self._begin(run, m + 1, prev)
+                prev = self._begin(run, prev)
         run.stage = prev
-        result = prev if prev.dtype == sample.dtype else prev.to(sample.dtype)
-        run.returned = result
+        run.returned = prev if prev.dtype == sample.dtype else prev.to(sample.dtype)
         if not return_dict:
-            return (result, x0)
-        return PFODESchedulerOutput(prev_sample=result, pred_original_sample=x0)
+            return (run.returned, x0)
+        return PFODESchedulerOutput(prev_sample=run.returned, pred_original_sample=x0)
 
-    def _begin(self, run: _Run, m: int, x: torch.Tensor) -> torch.Tensor:
-        """Start plan step ``m`` from ``x``; return the state of its first evaluation."""
+    def _begin(self, run: _Run, x: torch.Tensor) -> torch.Tensor:
+        """Start plan step ``run.m`` from ``x``; return the state of its first evaluation."""
 
         def noise():
             return randn_tensor(x.shape, generator=run.generator, device=x.device, dtype=x.dtype)
 
-        run.program = self._solver.program(x, run.hist, run.prog.plan[m], noise)
-        _, first = next(run.program)
+        run.program = self._solver.program(x, run.hist, run.prog.plan[run.m], noise)
+        run.k, first = next(run.program)
         return first
 
     # -- forward process -----------------------------------------------------------------------

@@ -62,19 +62,8 @@ def denoiser(
     if not (math.isfinite(t_min) and math.isfinite(t_max) and 0.0 <= t_min < t_max <= 1.0):
         raise ValueError(f"t_min={t_min!r}, t_max={t_max!r}: need 0 <= t_min < t_max <= 1")
 
-    if signature == "xt":
+    def swapped(x, t, **cond):
+        return model(t, x, **cond)
 
-        def net(x, t, **cond):
-            return model(x, t, **cond)
-
-    else:
-
-        def net(x, t, **cond):
-            return model(t, x, **cond)
-
-    return Denoiser(
-        net,
-        Linear(t_min=t_min, t_max=t_max),
-        prediction="velocity",
-        time_input="reversed" if data_at == 1 else "t",
-    )
+    net = model if signature == "xt" else swapped
+    return Denoiser(net, Linear(t_min=t_min, t_max=t_max), "velocity", "reversed" if data_at == 1 else "t")

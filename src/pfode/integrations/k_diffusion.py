@@ -108,12 +108,9 @@ _IGNORED = ("s_tmin", "s_tmax")
 
 
 def _float_attr(model, name: str, default: float) -> float:
-    v = getattr(model, name, None)
-    if v is None:
-        return default
     try:
-        return float(v)
-    except (TypeError, ValueError):
+        return float(getattr(model, name))
+    except (AttributeError, TypeError, ValueError):
         return default
 
 
@@ -127,18 +124,12 @@ def denoiser(model: Callable, sigma_min: float | None = None, sigma_max: float |
     if isinstance(model, Denoiser):
         return model
     if not callable(model):
-        raise TypeError(
-            f"model must be a k-diffusion denoiser D(x, sigma, **extra_args), got {type(model).__name__}"
-        )
+        raise TypeError(f"model must be a k-diffusion denoiser D(x, sigma, **extra_args), got {type(model).__name__}")
     lo = _float_attr(model, "sigma_min", 0.002) if sigma_min is None else float(sigma_min)
     hi = _float_attr(model, "sigma_max", 80.0) if sigma_max is None else float(sigma_max)
     if not (0 < lo < hi < math.inf):
         lo, hi = 0.002, 80.0
-
-    def net(x, sigma, **extra):
-        return model(x, sigma, **extra)
-
-    return Denoiser(net, EDM(sigma_min=lo, sigma_max=hi), prediction="x0", time_input="sigma")
+    return Denoiser(model, EDM(sigma_min=lo, sigma_max=hi), prediction="x0", time_input="sigma")
 
 
 def sampler_name(solver: str) -> str:
@@ -210,16 +201,8 @@ def _make_sampler(name: str):
             if callback is not None:
                 to_k({"i": 0, "x": x, "x0_hat": x0})
             return x0
-        return pf_sample(
-            den,
-            x,
-            grid,
-            solver,
-            denoise=zero_end,
-            callback=None if callback is None else to_k,
-            generator=generator,
-            cond=cond,
-        )
+        callback_ = None if callback is None else to_k
+        return pf_sample(den, x, grid, solver, denoise=zero_end, callback=callback_, generator=generator, cond=cond)
 
     sampler.__name__ = sampler.__qualname__ = fname
     sampler.__doc__ = (

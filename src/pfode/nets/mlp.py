@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .embed import SinusoidalEmbedding
+from .embed import TimeNet
 
 __all__ = ["MLP"]
 
@@ -25,7 +25,7 @@ class _Block(nn.Module):
         return h + self.lin2(self.act(z))
 
 
-class MLP(nn.Module):
+class MLP(TimeNet):
     """Time-conditioned residual MLP ``(x [B, *data_shape], t [B]) -> [B, *data_shape]``.
 
     ``x`` is flattened, projected to ``width``, passed through ``depth`` residual blocks (each adds a
@@ -39,6 +39,8 @@ class MLP(nn.Module):
         time_scale, log_time: see :class:`SinusoidalEmbedding`.
     """
 
+    name = "mlp"
+
     def __init__(
         self,
         data_shape=(2,),
@@ -48,7 +50,6 @@ class MLP(nn.Module):
         time_scale: float = 1000.0,
         log_time: bool = False,
     ):
-        super().__init__()
         if isinstance(data_shape, int):
             data_shape = (data_shape,)
         data_shape = tuple(int(d) for d in data_shape)
@@ -57,18 +58,9 @@ class MLP(nn.Module):
         for name, v in (("width", width), ("depth", depth), ("time_dim", time_dim)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}={v!r}: need a positive integer")
-        self.data_shape = data_shape
-        self._config = dict(
-            data_shape=list(data_shape),
-            width=width,
-            depth=depth,
-            time_dim=time_dim,
-            time_scale=float(time_scale),
-            log_time=bool(log_time),
-        )
+        config = {"width": width, "depth": depth, "time_dim": time_dim}
+        super().__init__(data_shape, width, **config, time_scale=float(time_scale), log_time=bool(log_time))
         d = math.prod(data_shape)
-        self.embed = SinusoidalEmbedding(time_dim, time_scale, log_time)
-        self.temb = nn.Sequential(nn.Linear(time_dim, width), nn.SiLU(), nn.Linear(width, width))
         self.inp = nn.Linear(d, width)
         self.blocks = nn.ModuleList([_Block(width, width) for _ in range(depth)])
         self.out = nn.Linear(width, d)
@@ -76,21 +68,9 @@ class MLP(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def config(self) -> dict:
-        """Constructor arguments (JSON-serialisable) to rebuild this network with :func:`pfode.nets.build`."""
-        return {"name": "mlp", **self._config}
-
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[1:]) != self.data_shape:
-            raise ValueError(
-                f"MLP built for samples of shape {self.data_shape} got input of shape {tuple(x.shape)}"
-            )
-        b = x.shape[0]
-        t = t.reshape(-1)
-        if t.numel() == 1 and b != 1:
-            t = t.expand(b)
-        e = self.temb(self.embed(t))
-        h = self.inp(x.reshape(b, -1))
+        e = self.time_embedding(x, t)
+        h = self.inp(x.reshape(x.shape[0], -1))
         for blk in self.blocks:
             h = blk(h, e)
         return self.out(self.act(h)).reshape(x.shape)

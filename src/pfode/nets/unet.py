@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embed import SinusoidalEmbedding
+from .embed import TimeNet
 
 __all__ = ["UNet"]
 
@@ -40,7 +40,7 @@ class _Res(nn.Module):
         return self.skip(x) + h
 
 
-class UNet(nn.Module):
+class UNet(TimeNet):
     """``(x [B, C, H, W], t [B]) -> [B, C, H, W]``.
 
     Args:
@@ -54,6 +54,8 @@ class UNet(nn.Module):
         time_scale, log_time: see :class:`SinusoidalEmbedding`.
     """
 
+    name, noun = "unet", "images"
+
     def __init__(
         self,
         data_shape=(1, 8, 8),
@@ -65,28 +67,16 @@ class UNet(nn.Module):
         time_scale: float = 1000.0,
         log_time: bool = False,
     ):
-        super().__init__()
         data_shape = tuple(int(d) for d in data_shape)
         if len(data_shape) != 3 or any(d < 1 for d in data_shape):
             raise ValueError(f"data_shape={data_shape!r}: UNet needs (C, H, W) images")
         mults = tuple(int(m) for m in mults)
         if not mults or any(m < 1 for m in mults) or base < 1 or blocks < 1:
             raise ValueError(f"base={base!r}, mults={mults!r}, blocks={blocks!r}: need positive values")
-        self.data_shape = data_shape
-        self._config = dict(
-            data_shape=list(data_shape),
-            base=base,
-            mults=list(mults),
-            blocks=blocks,
-            time_dim=time_dim,
-            groups=groups,
-            time_scale=float(time_scale),
-            log_time=bool(log_time),
-        )
-        c = data_shape[0]
         tdim = 4 * base
-        self.embed = SinusoidalEmbedding(time_dim, time_scale, log_time)
-        self.temb = nn.Sequential(nn.Linear(time_dim, tdim), nn.SiLU(), nn.Linear(tdim, tdim))
+        config = {"base": base, "mults": list(mults), "blocks": blocks, "time_dim": time_dim, "groups": groups}
+        super().__init__(data_shape, tdim, **config, time_scale=float(time_scale), log_time=bool(log_time))
+        c = data_shape[0]
         self.inp = nn.Conv2d(c, base, 3, padding=1)
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
@@ -118,19 +108,8 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def config(self) -> dict:
-        """Constructor arguments (JSON-serialisable) to rebuild this network with :func:`pfode.nets.build`."""
-        return {"name": "unet", **self._config}
-
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[1:]) != self.data_shape:
-            raise ValueError(
-                f"UNet built for images of shape {self.data_shape} got input of shape {tuple(x.shape)}"
-            )
-        t = t.reshape(-1)
-        if t.numel() == 1 and x.shape[0] != 1:
-            t = t.expand(x.shape[0])
-        e = self.temb(self.embed(t))
+        e = self.time_embedding(x, t)
         h = self.inp(x)
         skips = [h]
         for i, level in enumerate(self.down):
