@@ -501,10 +501,17 @@ def test_unknown_prediction_cannot_fall_through_to_velocity():
 
     with pytest.raises(ValueError, match="prediction='flow'.*valid values: eps, x0, v, score, velocity"):
         get_prediction("flow")
-    for kind in PREDICTIONS:  # each type defines its own three conversions
-        cls = type(get_prediction(kind))
-        for method in ("to_x0_eps", "from_x0_eps", "x0"):
-            assert getattr(cls, method) is not getattr(Prediction, method), (kind, method)
+    a, s, da, ds = 0.8, 0.6, -0.9, 1.2
+    outputs = set()
+    for kind in PREDICTIONS:  # each type's maps are consistent: x = a x0 + s eps, and output(pair(out)) = out
+        pred = get_prediction(kind)
+        assert isinstance(pred, Prediction)
+        (px, po), (ex, eo) = pred.pair(a, s, da, ds)
+        ox, oe = pred.output(a, s, da, ds)
+        assert abs(a * px + s * ex - 1) < 1e-12 and abs(a * po + s * eo) < 1e-12, kind
+        assert abs(ox * px + oe * ex) < 1e-12 and abs(ox * po + oe * eo - 1) < 1e-12, kind
+        outputs.add((round(ox, 9), round(oe, 9)))
+    assert len(outputs) == len(PREDICTIONS)  # five different outputs: no type falls through to another
     assert not hasattr(pfode.Denoiser, "_velocity_sign")
 
 

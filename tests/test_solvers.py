@@ -561,3 +561,39 @@ def test_sample_caches_prepared_samplers_by_their_arguments():
     den.path = paths.EDM(sigma_max=40.0)
     moved = pfode.sample(den, x_T / 2, nfe=8, solver="unipc")
     assert torch.equal(moved, pfode.Sampler(den, nfe=8, solver="unipc")(x_T / 2))
+
+
+# ----------------------------------------------------------------------------------------------
+# The solver contract: derived multistep, honest history declarations, step programs
+
+
+def test_multistep_is_derived_from_the_plan():
+    multi = {n for n in pfode.solvers.available() if pfode.solvers.get(n).multistep}
+    assert multi == {"dpm++2m", "dpm++3m", "unipc", "deis", "ipndm", "dpm++2m-sde"}
+    assert not pfode.solvers.get("unipc", order=1, corrector=False).multistep  # UniP-1 is DDIM
+
+
+@pytest.mark.parametrize("name", [n for n in pfode.solvers.available() if not pfode.solvers.get(n).adaptive])
+def test_declared_history_is_what_a_step_reads(name):
+    """A step declaring ``history == 0`` ignores the history it is handed; one declaring more uses it."""
+    from pfode.adjoint import _flatten, _unflatten
+    from pfode.engine import drive
+    from pfode.solvers.base import Evaluator, Table
+
+    path = paths.EDM()
+    den = MIXTURE.denoiser(path)
+    s = pfode.solvers.get(name)
+    table = Table(path, pfode.grid(path, 6), True)
+    plan = s.plan(table)
+    x = _x_T(path)
+    ev = Evaluator(den, table, x, None)
+    hist = None
+    g = torch.Generator().manual_seed(3)
+    zeros = torch.zeros_like(x)
+    for st in plan:
+        out, new_hist, _ = drive(s.program(x, hist, st, lambda: zeros), ev)
+        if hist is not None and not st.zero:
+            other = _unflatten(hist, [torch.randn(v.shape, generator=g, dtype=v.dtype) for v in _flatten(hist)])
+            out2, _, _ = drive(s.program(x, other, st, lambda: zeros), ev)
+            assert torch.equal(out, out2) == (st.history == 0), (name, st)
+        x, hist = out, new_hist

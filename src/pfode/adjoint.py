@@ -46,7 +46,9 @@ ADJOINT_METHODS = ("discrete", "continuous")
 #: gradient strategies of the sampling loop (``pfode.sample(..., gradient=...)``)
 GRADIENTS = ("backprop", *ADJOINT_METHODS)
 #: registered solvers that supply the weights of the continuous adjoint (:meth:`Solver.adjoint_weights`)
-CONTINUOUS_SOLVERS = tuple(n for n in available() if get(n).adjoint_weights(None) is not None)
+CONTINUOUS_SOLVERS = tuple(
+    n for n in available() if not get(n).adaptive and get(n).adjoint_weights(None) is not None
+)
 
 
 # -- pytrees of tensors (solver histories are nested tuples of tensors) -----------------------------------

@@ -151,6 +151,10 @@ def resolve(
         if nfe is None:
             raise ValueError("give grid= (pfode.grid(path, steps)) or nfe= (evaluations to spend)")
         check_int("nfe", nfe, 1)
+        if solver.adaptive:
+            raise ValueError(
+                f"{solver.name} is adaptive: it chooses its own evaluations; give rtol/atol instead of nfe"
+            )
         te = path.t_min if t_end is None else t_end
         if denoise and float(path.sigma(te)) == 0.0:
             raise ValueError(

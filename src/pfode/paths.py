@@ -427,29 +427,39 @@ class VPDiscrete(Path):
         return f"VPDiscrete(n={self.n})"
 
 
-class VE(Path):
-    """Variance-exploding path (Score SDE): ``alpha = 1``, ``sigma = sigma_min (sigma_max/sigma_min)^t``."""
+class _Exploding(Path):
+    """``alpha = 1`` and ``sigma`` from ``sigma_min`` to ``sigma_max``: the variance-exploding family."""
 
-    name = "ve"
-
-    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
+    def __init__(self, sigma_min: float, sigma_max: float):
         if not (0 < sigma_min < sigma_max < math.inf):
             raise ValueError(
                 f"sigma_min={sigma_min!r}, sigma_max={sigma_max!r}: need 0 < sigma_min < sigma_max"
             )
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
-        self._log_ratio = math.log(self.sigma_max / self.sigma_min)
-        self.t_lo, self.t_hi = 0.0, 1.0
-        self.t_min, self.t_max = 0.0, 1.0
 
     def alpha(self, t):
         return torch.ones_like(as_f64(t))
 
-    def sigma(self, t):
-        return self.sigma_min * torch.exp(as_f64(t) * self._log_ratio)
-
     def d_alpha(self, t):
         return torch.zeros_like(as_f64(t))
+
+    def __repr__(self):
+        return f"{type(self).__name__}(sigma_min={self.sigma_min:g}, sigma_max={self.sigma_max:g})"
+
+
+class VE(_Exploding):
+    """Variance-exploding path (Score SDE): ``alpha = 1``, ``sigma = sigma_min (sigma_max/sigma_min)^t``."""
+
+    name = "ve"
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
+        super().__init__(sigma_min, sigma_max)
+        self._log_ratio = math.log(self.sigma_max / self.sigma_min)
+        self.t_lo, self.t_hi = 0.0, 1.0
+        self.t_min, self.t_max = 0.0, 1.0
+
+    def sigma(self, t):
+        return self.sigma_min * torch.exp(as_f64(t) * self._log_ratio)
 
     def d_sigma(self, t):
         return self.sigma(t) * self._log_ratio
@@ -460,11 +470,8 @@ class VE(Path):
     def t_of_lam(self, lam):
         return (-as_f64(lam) - math.log(self.sigma_min)) / self._log_ratio
 
-    def __repr__(self):
-        return f"VE(sigma_min={self.sigma_min:g}, sigma_max={self.sigma_max:g})"
 
-
-class EDM(Path):
+class EDM(_Exploding):
     """EDM path (Karras et al., 2022): ``alpha = 1``, ``sigma = t``; grids from ``sigma_max`` to
     ``sigma_min``.
 
@@ -474,22 +481,12 @@ class EDM(Path):
     name = "edm"
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
-        if not (0 < sigma_min < sigma_max < math.inf):
-            raise ValueError(
-                f"sigma_min={sigma_min!r}, sigma_max={sigma_max!r}: need 0 < sigma_min < sigma_max"
-            )
-        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        super().__init__(sigma_min, sigma_max)
         self.t_lo, self.t_hi = 0.0, math.inf
         self.t_min, self.t_max = self.sigma_min, self.sigma_max
 
-    def alpha(self, t):
-        return torch.ones_like(as_f64(t))
-
     def sigma(self, t):
         return as_f64(t).clone()
-
-    def d_alpha(self, t):
-        return torch.zeros_like(as_f64(t))
 
     def d_sigma(self, t):
         return torch.ones_like(as_f64(t))
@@ -499,9 +496,6 @@ class EDM(Path):
 
     def t_of_lam(self, lam):
         return torch.exp(-as_f64(lam))
-
-    def __repr__(self):
-        return f"EDM(sigma_min={self.sigma_min:g}, sigma_max={self.sigma_max:g})"
 
 
 class Linear(Path):

@@ -68,104 +68,65 @@ class Coeffs:
         return cls(*vals)
 
 
-class Prediction:
-    """One prediction type: the linear maps between a network output and the pair ``(x0_hat, eps_hat)``.
+def _mix(u, cu, v, cv):
+    """``cu u + cv v``, skipping literal ``0.0``/``1.0`` coefficients (eps-prediction's ``eps_hat`` is its output)."""
+    if isinstance(cu, float) and cu == 0.0:
+        return v if isinstance(cv, float) and cv == 1.0 else cv * v
+    return cu * u + cv * v
 
-    ``to_x0_eps``/``from_x0_eps`` take :class:`Coeffs` (floats or broadcastable tensors); ``x0`` is the fast
-    solver path with Python-float coefficients ``a, s, da, ds`` (``alpha, sigma`` and their time derivatives).
+
+@dataclass(frozen=True)
+class Prediction:
+    """One prediction type: the linear maps between a network output ``out`` at state ``x`` and the pair.
+
+    ``pair(a, s, da, ds) -> ((px, po), (ex, eo))`` with ``x0_hat = px x + po out`` and
+    ``eps_hat = ex x + eo out``; ``output(a, s, da, ds) -> (ox, oe)`` with ``out = ox x0 + oe eps``, where
+    ``a, s, da, ds`` are ``alpha, sigma`` and their time derivatives (floats or broadcastable tensors).
     """
 
     name: str
+    pair: Callable
+    output: Callable
 
     def to_x0_eps(self, out, x, c: Coeffs):
         """Network output ``out`` at state ``x`` -> ``(x0_hat, eps_hat)``."""
-        raise NotImplementedError
+        (px, po), (ex, eo) = self.pair(c.alpha, c.sigma, c.d_alpha, c.d_sigma)
+        return _mix(x, px, out, po), _mix(x, ex, out, eo)
 
     def from_x0_eps(self, x0, eps, c: Coeffs):
         """Canonical pair -> the output a network of this type would give."""
-        raise NotImplementedError
+        ox, oe = self.output(c.alpha, c.sigma, c.d_alpha, c.d_sigma)
+        return _mix(x0, ox, eps, oe)
 
     def x0(self, out: torch.Tensor, x: torch.Tensor, a: float, s: float, da: float, ds: float) -> torch.Tensor:
-        """``x0_hat`` from ``out`` with float coefficients (``out`` may be overwritten)."""
-        raise NotImplementedError
+        """``x0_hat`` from ``out`` with host float coefficients: one fused op (the solvers' fast path)."""
+        (px, po), _ = self.pair(a, s, da, ds)
+        if px == 0.0:
+            return out if po == 1.0 else out * po
+        return torch.add(x * px, out, alpha=po)
 
     def __repr__(self):
         return f"Prediction({self.name!r})"
 
 
-class _Eps(Prediction):
-    name = "eps"
-
-    def to_x0_eps(self, out, x, c):
-        return (x - c.sigma * out) / c.alpha, out
-
-    def from_x0_eps(self, x0, eps, c):
-        return eps
-
-    def x0(self, out, x, a, s, da, ds):
-        return torch.add(x, out, alpha=-s).mul_(1.0 / a)
+def _velocity(a, s, da, ds):
+    det = a * ds - s * da  # = -alpha sigma dlam/dt > 0
+    return (ds / det, -s / det), (-da / det, a / det)
 
 
-class _X0(Prediction):
-    name = "x0"
-
-    def to_x0_eps(self, out, x, c):
-        return out, (x - c.alpha * out) / c.sigma
-
-    def from_x0_eps(self, x0, eps, c):
-        return x0
-
-    def x0(self, out, x, a, s, da, ds):
-        return out
+def _v(a, s, da, ds):
+    n = a * a + s * s
+    return (a / n, -s / n), (s / n, a / n)
 
 
-class _V(Prediction):
-    name = "v"
-
-    def to_x0_eps(self, out, x, c):
-        a, s = c.alpha, c.sigma
-        n = a * a + s * s
-        return (a * x - s * out) / n, (s * x + a * out) / n
-
-    def from_x0_eps(self, x0, eps, c):
-        return c.alpha * eps - c.sigma * x0
-
-    def x0(self, out, x, a, s, da, ds):
-        n = a * a + s * s
-        return torch.add(x * (a / n), out, alpha=-s / n)
-
-
-class _Score(Prediction):
-    name = "score"
-
-    def to_x0_eps(self, out, x, c):
-        s = c.sigma
-        return (x + s * s * out) / c.alpha, -s * out
-
-    def from_x0_eps(self, x0, eps, c):
-        return -eps / c.sigma
-
-    def x0(self, out, x, a, s, da, ds):
-        return torch.add(x, out, alpha=s * s).mul_(1.0 / a)
-
-
-class _Velocity(Prediction):
-    name = "velocity"
-
-    def to_x0_eps(self, out, x, c):
-        a, s = c.alpha, c.sigma
-        det = a * c.d_sigma - s * c.d_alpha
-        return (c.d_sigma * x - s * out) / det, (a * out - c.d_alpha * x) / det
-
-    def from_x0_eps(self, x0, eps, c):
-        return c.d_alpha * x0 + c.d_sigma * eps
-
-    def x0(self, out, x, a, s, da, ds):
-        det = a * ds - s * da
-        return torch.add(x * (ds / det), out, alpha=-s / det)
-
-
-_PREDICTION_TYPES: dict[str, Prediction] = {p.name: p for p in (_Eps(), _X0(), _V(), _Score(), _Velocity())}
+_TYPES = (
+    Prediction("eps", lambda a, s, da, ds: ((1 / a, -s / a), (0.0, 1.0)), lambda a, s, da, ds: (0.0, 1.0)),
+    Prediction("x0", lambda a, s, da, ds: ((0.0, 1.0), (1 / s, -a / s)), lambda a, s, da, ds: (1.0, 0.0)),
+    Prediction("v", _v, lambda a, s, da, ds: (-s, a)),
+    Prediction("score", lambda a, s, da, ds: ((1 / a, s * s / a), (0.0, -s)), lambda a, s, da, ds: (0.0, -1 / s)),
+    Prediction("velocity", _velocity, lambda a, s, da, ds: (da, ds)),
+)
+_PREDICTION_TYPES: dict[str, Prediction] = {p.name: p for p in _TYPES}
 PREDICTIONS = tuple(_PREDICTION_TYPES)
 
 

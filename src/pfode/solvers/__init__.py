@@ -6,7 +6,7 @@ objects can be passed to :func:`pfode.sample` directly. Each solver states ``ord
 """
 
 from .adaptive import Dopri5
-from .base import AdaptiveSolver, Point, Solver, Step, Table, available, describe, get, register
+from .base import AdaptiveSolver, Point, Solver, SolverBase, Step, Table, available, describe, get, register
 from .exponential import DDIM, DEIS, IPNDM, DPMSolver, DPMSolverPP2S, DPMSolverPPMultistep, UniPC, phi
 from .rk import RK, RK4, Euler, Heun, Midpoint
 from .stochastic import DPMSolverPP2MSDE, EulerMaruyama
@@ -17,6 +17,7 @@ __all__ = [
     "describe",
     "register",
     "Solver",
+    "SolverBase",
     "AdaptiveSolver",
     "Step",
     "Table",

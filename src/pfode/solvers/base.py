@@ -30,6 +30,7 @@ __all__ = [
     "Table",
     "Step",
     "StepProgram",
+    "SolverBase",
     "Solver",
     "AdaptiveSolver",
     "Evaluator",
@@ -138,18 +139,11 @@ class Step:
 StepProgram = Generator[tuple[int, torch.Tensor], torch.Tensor, tuple[torch.Tensor, Any, torch.Tensor]]
 
 
-class Solver:
+class SolverBase:
     """What every solver declares: ``name``, ``order`` (the global order of accuracy, as certified by the
     measured convergence order in ``tests/test_solvers.py``), ``evals_per_step``, ``paper``, and its
-    capabilities ``stochastic`` (draws noise), ``adaptive`` (chooses its own steps; see
-    :class:`AdaptiveSolver`) and ``multistep`` (derived from its plan: some step reads earlier values).
-
-    A fixed-step solver implements :meth:`plan_step` (host, float64, once per grid) and :meth:`step`, a
-    *step program*: a generator that yields ``(k, x_k)`` for each network evaluation it needs at point
-    ``k`` of the :class:`Table`, receives ``x0_hat(x_k)`` and returns ``(x_next, history, x0_hat at the
-    start)``. History is a value passed from step to step (never an attribute), so one solver object
-    serves any number of calls, batch sizes and threads. A step to zero noise is always the denoising
-    step (:meth:`program` runs it; solvers never see it).
+    capabilities ``stochastic`` (draws noise), ``adaptive`` (chooses its own steps: an
+    :class:`AdaptiveSolver`) and ``multistep`` (some step reads values of earlier steps).
     """
 
     name: str = "solver"
@@ -158,14 +152,32 @@ class Solver:
     paper: str = ""
     stochastic: bool = False
     adaptive: bool = False
+    multistep: bool = False
     #: whether the solver integrates in lam (needs alpha > 0 and sigma > 0 at step starts)
     needs_finite_lam: bool = True
+
+    def describe(self) -> dict:
+        keys = ("name", "order", "evals_per_step", "stochastic", "adaptive", "multistep", "paper")
+        return {k: getattr(self, k) for k in keys}
+
+    def __repr__(self):
+        return f"{type(self).__name__}(order={self.order})"
+
+
+class Solver(SolverBase):
+    """A fixed-step solver (see :class:`SolverBase` for what it declares).
+
+    It implements :meth:`plan_step` (host, float64, once per grid) and :meth:`step`, a *step program*: a
+    generator that yields ``(k, x_k)`` for each network evaluation it needs at point ``k`` of the
+    :class:`Table`, receives ``x0_hat(x_k)`` and returns ``(x_next, history, x0_hat at the start)``.
+    History is a value passed from step to step (never an attribute), so one solver object serves any
+    number of calls, batch sizes and threads. A step to zero noise is always the denoising step
+    (:meth:`program` runs it; solvers never see it). ``multistep`` is derived from a probe plan.
+    """
 
     @functools.cached_property
     def multistep(self) -> bool:
         """Whether some step of this solver reads values of earlier steps (derived from a probe plan)."""
-        if self.adaptive:
-            return False
         from ..paths import EDM
 
         table = Table(EDM(), torch.tensor([80.0, 20.0, 5.0, 1.0, 0.25], dtype=torch.float64), False)
@@ -229,37 +241,16 @@ class Solver:
         for the continuous adjoint; ``None`` if the solver is not such an exponential integrator."""
         return None
 
-    def describe(self) -> dict:
-        return {
-            "name": self.name,
-            "order": self.order,
-            "evals_per_step": self.evals_per_step,
-            "stochastic": self.stochastic,
-            "adaptive": self.adaptive,
-            "multistep": self.multistep,
-            "paper": self.paper,
-        }
-
-    def __repr__(self):
-        return f"{type(self).__name__}(order={self.order})"
-
-
 def _zero_step(x, hist, st: Step) -> StepProgram:
     d = yield st.i, x
     return (d if st.alpha == 1.0 else d * st.alpha), hist, d
 
 
-class AdaptiveSolver(Solver):
-    """A solver that chooses its own steps between two times (``adaptive = True``): no plan, no ``nfe``;
+class AdaptiveSolver(SolverBase):
+    """A solver that chooses its own steps between two times (``adaptive = True``): no plan and no ``nfe``;
     it implements :meth:`solve`."""
 
     adaptive = True
-
-    def plan(self, table):
-        raise ValueError(f"{self.name} is adaptive: it chooses its own steps and has no fixed step plan")
-
-    def for_nfe(self, nfe, zero_end):
-        raise ValueError(f"{self.name} is adaptive: it chooses its own evaluations; give rtol/atol instead of nfe")
 
     def solve(self, den, x: torch.Tensor, t_start: float, t_end: float, cond=None, callback=None):
         """Integrate the PF-ODE of ``den`` from ``t_start`` to ``t_end``; return ``(x, info)``."""
@@ -321,7 +312,7 @@ def available() -> list[str]:
 
 def get(name: str | Solver, **options) -> Solver:
     """Build a solver by name with options, e.g. ``get("unipc", order=3, variant="bh2")``."""
-    if isinstance(name, Solver):
+    if isinstance(name, SolverBase):
         if options:
             raise ValueError("options can only be given with a solver name, not a solver object")
         return name

@@ -55,6 +55,18 @@ class LinearStep(Step):
     cz: float = 0.0
 
 
+def linear_step(x, hist, st: LinearStep, noise):
+    """The program of ``x_next = cx x + w[0] D + w[1] D_prev + cz z`` with ``D = x0_hat(x)``; it keeps
+    ``(D,)`` as history when a step reads it (``st.history``)."""
+    d = yield st.i, x
+    out = torch.add(x * st.cx, d, alpha=st.w[0])
+    if st.history:
+        out = torch.add(out, hist[0], alpha=st.w[1])
+    if st.cz:
+        out = torch.add(out, noise(), alpha=st.cz)
+    return out, ((d,) if len(st.w) > 1 else hist), d
+
+
 @dataclass(frozen=True, kw_only=True)
 class EpsStep(LinearStep):
     """A :class:`LinearStep` on ``eps_hat = (x - a x0_hat) / s`` at the step's start."""
@@ -95,11 +107,7 @@ class DDIM(Solver):
         return LinearStep(i=i, cx=q.alpha * k / p.alpha, w=(q.alpha * (1.0 - k),), cz=q.alpha * c)
 
     def step(self, x, hist, st, noise=None):
-        d = yield st.i, x
-        out = torch.add(x * st.cx, d, alpha=st.w[0])
-        if self.stochastic:
-            out = torch.add(out, noise(), alpha=st.cz)
-        return out, hist, d
+        return linear_step(x, hist, st, noise)
 
     def adjoint_weights(self, r):
         return None if self.stochastic else (1.0,)

@@ -14,26 +14,32 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from .._checks import check_finite_float
 from .base import Solver, register
-from .exponential import LinearStep
+from .exponential import LinearStep, linear_step
 
 __all__ = ["EulerMaruyama", "DPMSolverPP2MSDE"]
 
 
-class EulerMaruyama(Solver):
-    """Euler-Maruyama on the reverse SDE family above; weak order 1, one evaluation per step."""
+class _ReverseSDE(Solver):
+    """A sampler of the reverse SDE family with ``eta >= 0``: one evaluation per step, weak order 1."""
 
-    name = "euler-maruyama"
     order = 1
     evals_per_step = 1
     stochastic = True
-    paper = "Song et al., Score-Based Generative Modeling through Stochastic Differential Equations, ICLR 2021"
 
     def __init__(self, eta: float = 1.0):
         self.eta = check_finite_float("eta", eta, 0.0)
+
+    def step(self, x, hist, st, noise=None):
+        return linear_step(x, hist, st, noise)
+
+
+class EulerMaruyama(_ReverseSDE):
+    """Euler-Maruyama on the reverse SDE family above; weak order 1, one evaluation per step."""
+
+    name = "euler-maruyama"
+    paper = "Song et al., Score-Based Generative Modeling through Stochastic Differential Equations, ICLR 2021"
 
     def plan_step(self, table, i, n):
         p, q = table[i], table[i + 1]
@@ -46,15 +52,7 @@ class EulerMaruyama(Solver):
             cz=q.alpha * math.sqrt(self.eta * max(p.s**2 - q.s**2, 0.0)),
         )
 
-    def step(self, x, hist, st, noise=None):
-        d = yield st.i, x
-        out = torch.add(x * st.cx, d, alpha=st.w[0])
-        if st.cz:
-            out = torch.add(out, noise(), alpha=st.cz)
-        return out, hist, d
-
-
-class DPMSolverPP2MSDE(Solver):
+class DPMSolverPP2MSDE(_ReverseSDE):
     """SDE-DPM-Solver++(2M) (Lu et al., 2022b): exact linear part, second-order multistep ``x0_hat`` term.
 
     ``x_next = (sigma_next/sigma) e^{-eta h} x + alpha_next (1 - e^{-(1+eta) h}) D_i
@@ -62,13 +60,7 @@ class DPMSolverPP2MSDE(Solver):
     """
 
     name = "dpm++2m-sde"
-    order = 1
-    evals_per_step = 1
-    stochastic = True
     paper = "Lu et al., DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models, 2022"
-
-    def __init__(self, eta: float = 1.0):
-        self.eta = check_finite_float("eta", eta, 0.0)
 
     def plan_step(self, table, i, n):
         p, q = table[i], table[i + 1]
@@ -88,15 +80,6 @@ class DPMSolverPP2MSDE(Solver):
             w=(w0, w1),
             cz=q.sigma * math.sqrt(-math.expm1(-2.0 * self.eta * h)),
         )
-
-    def step(self, x, hist, st, noise=None):
-        d = yield st.i, x
-        out = torch.add(x * st.cx, d, alpha=st.w[0])
-        if st.w[1]:
-            out = torch.add(out, hist[0], alpha=st.w[1])
-        if st.cz:
-            out = torch.add(out, noise(), alpha=st.cz)
-        return out, (d,), d
 
 
 register("euler-maruyama", EulerMaruyama)
