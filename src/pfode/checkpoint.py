@@ -37,6 +37,8 @@ __all__ = [
     "check_tensors",
     "latest_checkpoint",
     "load_weights",
+    "flatten_optimizer",
+    "unflatten_optimizer",
     "FORMAT",
     "VERSION",
 ]
@@ -51,9 +53,7 @@ class CheckpointError(ValueError):
 
 
 # --- strict checks ------------------------------------------------------------------------------
-def check_tensors(
-    expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], what: str, source: str = ""
-):
+def check_tensors(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], what: str, source: str = ""):
     """Raise :class:`CheckpointError` listing missing and unexpected keys and shape/dtype mismatches."""
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
@@ -112,6 +112,52 @@ def _check_safetensors_file(path: FsPath):
     )
 
 
+# --- optimizer state ----------------------------------------------------------------------------
+def _json_value(v):
+    if isinstance(v, (bool, int, float, str)) or v is None:
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_json_value(x) for x in v]
+    raise CheckpointError(f"optimizer state value of type {type(v).__name__} cannot be stored without pickle")
+
+
+def flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split ``optimizer.state_dict()`` into tensors ``optim/<pid>/<key>`` and a JSON-able structure."""
+    tensors: dict[str, torch.Tensor] = {}
+    state: dict[str, dict] = {}
+    for pid, st in state_dict["state"].items():
+        entry = state[str(pid)] = {}
+        for k, v in st.items():
+            if "/" in str(k):
+                raise CheckpointError(f"optimizer state key {k!r} contains '/'")
+            if isinstance(v, torch.Tensor):
+                tensors[f"optim/{pid}/{k}"] = v.detach()
+                entry[k] = {"tensor": f"optim/{pid}/{k}"}
+            else:
+                entry[k] = {"value": _json_value(v)}
+    groups = [{k: _json_value(v) for k, v in g.items()} for g in state_dict["param_groups"]]
+    return tensors, {"param_groups": groups, "state": state}
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    """Inverse of :func:`flatten_optimizer`."""
+    state = {}
+    for pid, entry in meta["state"].items():
+        st = state[int(pid)] = {}
+        for k, spec in entry.items():
+            if "tensor" not in spec:
+                st[k] = tuple(spec["value"]) if isinstance(spec["value"], list) else spec["value"]
+            elif spec["tensor"] in tensors:
+                st[k] = tensors[spec["tensor"]]
+            else:
+                raise CheckpointError(f"optimizer tensor {spec['tensor']!r} is missing from the tensor file")
+    groups = [
+        {k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
+        for g in meta["param_groups"]
+    ]
+    return {"state": state, "param_groups": groups}
+
+
 # --- save / read --------------------------------------------------------------------------------
 @dataclass
 class Checkpoint:
@@ -128,6 +174,14 @@ class Checkpoint:
     def section(self, prefix: str) -> dict[str, torch.Tensor]:
         p = prefix.rstrip("/") + "/"
         return {k[len(p) :]: v for k, v in self.tensors.items() if k.startswith(p)}
+
+    def load_into(self, model: torch.nn.Module, which: str = "ema"):
+        """Load the ``"ema"`` or ``"model"`` weights into ``model`` after checking keys, shapes and dtypes."""
+        if which not in ("ema", "model"):
+            raise ValueError(f"which={which!r} is unknown; valid values: ema, model")
+        sd = self.section(which)
+        check_tensors(model.state_dict(), sd, f"the {which} weights", str(self.json_path))
+        model.load_state_dict(sd, strict=True)
 
 
 def _name(step: int) -> str:
@@ -216,9 +270,7 @@ def read_checkpoint(path) -> Checkpoint:
         js = path.with_suffix(".json")
         if not js.is_file():
             _check_safetensors_file(path)
-            raise CheckpointError(
-                f"{path} has no companion {js.name} (the step, config and optimizer structure)"
-            )
+            raise CheckpointError(f"{path} has no companion {js.name} (the step, config and optimizer structure)")
     else:
         if path.is_file():
             _check_safetensors_file(path)  # raises with the reason for pickles and the like
@@ -236,14 +288,11 @@ def read_checkpoint(path) -> Checkpoint:
     st = js.parent / meta["tensor_file"]
     _check_safetensors_file(st)
     if sha256_file(st) != meta["sha256"]:
-        raise CheckpointError(
-            f"{st} does not match the SHA-256 recorded in {js.name} (a torn or replaced file)"
-        )
+        raise CheckpointError(f"{st} does not match the SHA-256 recorded in {js.name} (a torn or replaced file)")
     tensors = load_file(str(st))
     manifest = meta["manifest"]
     expected = {
-        k: torch.empty(v["shape"], dtype=getattr(torch, v["dtype"]), device="meta")
-        for k, v in manifest.items()
+        k: torch.empty(v["shape"], dtype=getattr(torch, v["dtype"]), device="meta") for k, v in manifest.items()
     }
     check_tensors(expected, tensors, "the tensor file", str(st))
     return Checkpoint(meta, tensors, js)
@@ -251,10 +300,6 @@ def read_checkpoint(path) -> Checkpoint:
 
 def load_weights(model: torch.nn.Module, path, which: str = "ema") -> dict:
     """Load the ``"ema"`` or ``"model"`` weights of a checkpoint into ``model`` (strict); return its JSON."""
-    if which not in ("ema", "model"):
-        raise ValueError(f"which={which!r} is unknown; valid values: ema, model")
     ck = read_checkpoint(path)
-    sd = ck.section(which)
-    check_tensors(model.state_dict(), sd, f"the {which} weights", str(ck.json_path))
-    model.load_state_dict(sd, strict=True)
+    ck.load_into(model, which)
     return ck.meta

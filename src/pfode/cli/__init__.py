@@ -56,18 +56,15 @@ def main(argv=None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        verbose = bool(getattr(args, "verbose", False))
-        if getattr(args, "command", None) is None:
+        verbose = args.verbose
+        if args.command is None:
             parser.print_help(sys.stderr)
             return 2
         import torch
 
-        threads = getattr(args, "threads", None)
-        if threads is None and args.command not in ("train", "reflow"):
-            threads = 1
+        threads = args.threads or (None if args.command in ("train", "reflow") else 1)
         if threads is not None:
             torch.set_num_threads(threads)
-        args.quiet = bool(getattr(args, "quiet", False))
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         if verbose:

@@ -6,7 +6,6 @@ import math
 import time
 
 from .common import (
-    UsageError,
     check_output,
     check_solver,
     check_spacing,
@@ -70,16 +69,10 @@ def run(args) -> int:
     out = check_output(args.out, args.force, (".png",))
     js = check_output(args.json, args.force, (".json",), "--json") if args.json else None
     spacing = check_spacing(args.spacing)
-    objs = {n: solvers.get(n) for n in solvers.available()}
-    every = [n for n, s in objs.items() if not (s.stochastic or getattr(s, "adaptive", False))]
-    if args.solvers:
-        names = [s.strip() for s in args.solvers.split(",") if s.strip()]
-        for s in names:
-            check_solver(s)
-            if s not in every:
-                raise UsageError(f"solver {s!r} is stochastic or adaptive; bench compares fixed-NFE ODE solvers")
-    else:
-        names = every
+    every = [d["name"] for d in solvers.describe() if not (d["stochastic"] or d["adaptive"])]
+    names = [s.strip() for s in args.solvers.split(",") if s.strip()] if args.solvers else every
+    for s in names:
+        check_solver(s, deterministic=True, fixed=True)
     m = resolve_model(args.model, args.path, dtype=torch.float64)
     t0 = time.perf_counter()
     results, tol = _rows(m, args.nfe, names, spacing, args.n, args.seed)

@@ -8,6 +8,8 @@ import math
 import os
 from pathlib import Path as FsPath
 
+from ..models import BUILTIN, Model, load
+
 PROG = "pfode"
 
 
@@ -165,8 +167,9 @@ def to_numpy(x):
 
 
 # --- solvers ------------------------------------------------------------------------------------
-def check_solver(name: str, nfe: int | None = None, *, denoise: bool = True, deterministic: bool = False):
-    """The solver object for ``name`` (exit 2 for unknown names or an NFE it cannot spend)."""
+def check_solver(name: str, nfe: int | None = None, *, denoise: bool = True, deterministic=False, fixed=False):
+    """The solver object for ``name``; exit 2 for an unknown name, an NFE it cannot spend, a stochastic solver
+    where ``deterministic`` or an adaptive one where ``fixed``."""
     from .. import solvers
 
     if name not in solvers.available():
@@ -174,7 +177,9 @@ def check_solver(name: str, nfe: int | None = None, *, denoise: bool = True, det
     s = solvers.get(name)
     if deterministic and s.stochastic:
         raise UsageError(f"solver {name!r} is stochastic; this command needs a deterministic solver")
-    if nfe is not None and not getattr(s, "adaptive", False):
+    if fixed and s.adaptive:
+        raise UsageError(f"solver {name!r} is adaptive; this command needs a fixed-NFE solver")
+    if nfe is not None and not s.adaptive:
         try:
             s.for_nfe(nfe, denoise)
         except ValueError as e:
@@ -192,18 +197,11 @@ def check_spacing(spacing: str) -> str:
 
 # --- models -------------------------------------------------------------------------------------
 @dataclasses.dataclass
-class Resolved:
-    name: str
-    denoiser: object
-    data_shape: tuple
-    dtype: object
-    spec: dict | None = None
-    target: object = None  # analytic target
-    net: object = None
+class Resolved(Model):
+    """A model of ``--model``: a loaded :class:`pfode.models.Model` or an analytic target (``spec`` is None)."""
 
-    @property
-    def is_image(self) -> bool:
-        return len(self.data_shape) == 3
+    dtype: object = None
+    target: object = None  # the analytic target
 
 
 def _analytic(spec: str, path_name: str | None) -> Resolved:
@@ -227,7 +225,7 @@ def _analytic(spec: str, path_name: str | None) -> Resolved:
     gen = torch.Generator().manual_seed(0)
     target = analytic.GaussianMixture.random(d, k, std_range=(0.05, 1.0), generator=gen)
     path = paths.get_path(name)
-    return Resolved(f"{spec} on {name}", target.denoiser(path), (d,), torch.float64, None, target)
+    return Resolved(f"{spec} on {name}", target.denoiser(path), (d,), None, dtype=torch.float64, target=target)
 
 
 def resolve_model(spec: str | None, path_name: str | None = None, dtype=None, device: str = "cpu") -> Resolved:
@@ -240,15 +238,19 @@ def resolve_model(spec: str | None, path_name: str | None = None, dtype=None, de
     if path_name is not None:
         raise UsageError("--path applies to analytic targets only (a trained model has its own path)")
     if spec.startswith("builtin:"):
-        from ..models import BUILTIN
-
         name = spec.split(":", 1)[1]
         if name not in BUILTIN:
             raise UsageError(f"unknown builtin model {name!r}; available: {', '.join(BUILTIN)}")
-    from ..models import load
-
     m = load(spec, device=device, dtype=dtype or torch.float32)
-    return Resolved(spec, m.denoiser, m.data_shape, dtype or torch.float32, m.spec, None, m.net)
+    return Resolved(**vars(m), dtype=dtype or torch.float32)
+
+
+def _training_data(m: Resolved):
+    """The model's training data where it can be loaded by name (toy2d, digits), else ``None``."""
+    from ..data import load_dataset
+
+    data = (m.spec or {}).get("data") or {}
+    return load_dataset(data) if data.get("name") in ("toy2d", "digits") else None
 
 
 def reference(m: Resolved, n: int, seed: int = 1):
@@ -257,17 +259,11 @@ def reference(m: Resolved, n: int, seed: int = 1):
 
     if m.target is not None:
         return m.target.sample(n, generator=torch.Generator().manual_seed(seed))
-    data = (m.spec or {}).get("data") or {}
-    if data.get("name") not in ("toy2d", "digits"):
-        return None
-    from ..data import load_dataset
-
     try:
-        x = load_dataset(data)
+        x = _training_data(m)
     except Exception:  # a reference is a nicety
         return None
-    g = torch.Generator().manual_seed(seed)
-    return x[torch.randperm(x.shape[0], generator=g)[:n]]
+    return None if x is None else x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n]]
 
 
 def load_data(m: Resolved, args):
@@ -281,10 +277,10 @@ def load_data(m: Resolved, args):
     if spec is None:
         if m.target is not None:
             return m.target.sample(n, generator=g), f"{n} samples of the analytic target"
-        dspec = (m.spec or {}).get("data") or {}
-        if dspec.get("name") not in ("toy2d", "digits"):
+        x = _training_data(m)
+        if x is None:
             raise UsageError("give --data (the model's training data cannot be loaded by name)")
-        x = D.load_dataset(dspec)
+        dspec = m.spec["data"]
         label = dspec["name"] if dspec["name"] == "digits" else f"toy2d:{dspec.get('kind')}"
     elif spec == "digits":
         x, label = D.digits(), "digits"

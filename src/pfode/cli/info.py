@@ -46,8 +46,7 @@ def run(args) -> int:
     say("grid spacings: " + ", ".join(SPACINGS))
     say(f"\n{'solver':<16}{'order':>6}{'evals/step':>12}  kind")
     for d in solvers.describe():
-        s = solvers.get(d["name"])
-        kind = "stochastic" if d["stochastic"] else ("adaptive" if getattr(s, "adaptive", False) else "ODE")
+        kind = "stochastic" if d["stochastic"] else ("adaptive" if d["adaptive"] else "ODE")
         say(f"{d['name']:<16}{d['order']:>6}{d['evals_per_step']:>12}  {kind}")
     say("\nbuiltin models:")
     for name in models.BUILTIN:

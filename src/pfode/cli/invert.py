@@ -43,13 +43,10 @@ def run(args) -> int:
     from ..invert import round_trip
 
     check_spacing(args.spacing)
-    solver = check_solver(args.solver, None, deterministic=True)
-    if getattr(solver, "adaptive", False):
-        raise UsageError("invert spends a fixed --nfe: use a fixed-step solver (not dopri5)")
-    if args.method == "bdia" and solver.multistep:
+    plain = args.method == "plain"
+    solver = check_solver(args.solver, args.nfe if plain else None, denoise=False, deterministic=True, fixed=True)
+    if not plain and solver.multistep:
         raise UsageError(f"--method bdia needs a single-step solver (ddim, dpm++2s, heun, ...), not {args.solver!r}")
-    if args.method == "plain":
-        check_solver(args.solver, args.nfe, denoise=False)
     out = check_output(args.out, args.force, (".npz",)) if args.out else None
     m = resolve_model(args.model, args.path, dtype=torch.float64 if args.dtype == "float64" else torch.float32)
     x, label = load_data(m, args)

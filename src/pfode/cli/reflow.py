@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path as FsPath
 
@@ -17,7 +16,7 @@ from .common import (
     resolve_model,
     say,
 )
-from .train import add_run_flags, apply_overrides, check_config, check_run_dir, clear_run_dir, export_target, fit
+from .train import add_run_flags, check_run_dir, clear_run_dir, configure, export_target, fit
 
 HELP = "generate (noise, sample) pairs with a teacher and any solver, then train the student"
 
@@ -46,15 +45,13 @@ def run(args) -> int:
 
     out = FsPath(args.out)
     resume = bool(args.resume)
-    solver = check_solver(args.solver, args.nfe, deterministic=True)
-    if getattr(solver, "adaptive", False):
-        raise UsageError("reflow pairs need a fixed-NFE solver (not dopri5)")
+    check_solver(args.solver, args.nfe, deterministic=True, fixed=True)
     spacing = check_spacing(args.spacing)
     teacher = resolve_model(args.teacher, args.path)
     if args.config is not None:
         cfg, where = load_config(args.config), str(args.config)
     elif teacher.spec is not None:
-        cfg, where = json.loads(json.dumps(teacher.spec)), f"{args.teacher} (the teacher's configuration)"
+        cfg, where = teacher.spec, f"{args.teacher} (the teacher's configuration)"
     else:
         raise UsageError("an analytic teacher has no network configuration: give the student's CONFIG")
     pairs_dir = out / "pairs"
@@ -62,17 +59,11 @@ def run(args) -> int:
     clear = check_run_dir(out, resume, args.force, need_checkpoint=False)
     if resume and not pairs_dir.exists() and not (out / "checkpoints").exists():
         raise CLIError(f"{out} holds no reflow run to resume")
-    cfg = dict(cfg)
-    cfg["data"] = {"name": "reflow-pairs", "path": str(pairs_dir)}
-    obj = dict(cfg.get("objective") or {})
-    obj.pop("teacher", None)
-    obj["coupling"] = "reflow"
-    cfg["objective"] = obj
-    model = dict(cfg.get("model") or {})
-    model.pop("data_shape", None)
-    cfg["model"] = model
-    cfg = apply_overrides(cfg, args)
-    check_config(cfg, where)  # everything but the (not yet generated) pairs, before spending time on them
+    obj = {k: v for k, v in (cfg.get("objective") or {}).items() if k != "teacher"}
+    model = {k: v for k, v in (cfg.get("model") or {}).items() if k != "data_shape"}
+    data = {"name": "reflow-pairs", "path": str(pairs_dir)}
+    cfg = {**cfg, "data": data, "objective": {**obj, "coupling": "reflow"}, "model": model}
+    cfg = configure(cfg, args, where)  # everything but the (not yet generated) pairs, before spending time on them
     export_target(args)
     if clear or (args.force and not resume):
         clear_run_dir(out, extra=("pairs",))

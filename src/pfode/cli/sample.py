@@ -58,7 +58,7 @@ def run(args) -> int:
     if solver.stochastic:
         kw["generator"] = torch.Generator().manual_seed(args.seed + 1)
     with torch.no_grad():
-        if getattr(solver, "adaptive", False):
+        if solver.adaptive:
             res = pfode.sample(m.denoiser, x_T, pfode.grid(path, 1), solver, **kw)
         else:
             res = pfode.sample(m.denoiser, x_T, solver=solver, nfe=args.nfe, spacing=spacing, **kw)

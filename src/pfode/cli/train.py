@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import inspect
 import json
 import shutil
 import time
 from pathlib import Path as FsPath
 
-from .common import CLIError, UsageError, float_or_none, one_line, say
+from .common import CLIError, UsageError, float_or_none, say
 
 HELP = "train a model from a YAML/JSON configuration (pfode.train.config)"
 
@@ -47,7 +46,7 @@ def run(args) -> int:
         cfg, where = load_config(args.config), str(args.config)
     else:
         cfg, where = _stored_config(out), f"{out} (stored configuration)"
-    cfg = check_config(apply_overrides(cfg, args), where)
+    cfg = configure(cfg, args, where)
     export_target(args)
     if clear:  # only once everything checked out
         clear_run_dir(out)
@@ -57,117 +56,19 @@ def run(args) -> int:
 
 
 # --- configuration ------------------------------------------------------------------------------
-def _data_keys() -> dict[str, set]:
-    return {
-        "toy2d": {"kind", "n", "seed"},
-        "digits": set(),
-        "array": {"path", "key"},
-        "image-folder": {"path", "size", "mode", "recursive"},
-        "reflow-pairs": {"path", "verify"},
-    }
-
-
-def _params(fn, drop=()) -> set:
-    return {
-        n
-        for n, p in inspect.signature(fn).parameters.items()
-        if n != "self" and n not in drop and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-    }
-
-
-def _objective_keys(name: str) -> set:
-    from ..train.losses import Consistency, DenoisingScoreMatching, FlowMatching
-
-    if name == "dsm":
-        return _params(DenoisingScoreMatching.__init__)
-    if name == "flow-matching":
-        return _params(FlowMatching.__init__) | {"gamma", "sigma_data", "sigmoid_bias"}
-    keys = _params(Consistency.__init__, drop=("mode", "teacher"))
-    return keys | ({"teacher"} if name == "consistency-distillation" else set())
-
-
-def _unknown(section: str, got, valid: set, what: str, where: str):
-    bad = sorted(set(got) - valid - {"name"})
-    if bad:
-        raise CLIError(
-            f"{where}unknown key {section}.{bad[0]}"
-            + (f" (and {', '.join(section + '.' + b for b in bad[1:])})" if len(bad) > 1 else "")
-            + f" for {what}; valid keys: {', '.join(sorted(valid | {'name'}))}"
-        )
-
-
-def check_config(cfg: dict, where: str = "") -> dict:
-    """Check a training configuration strictly: unknown sections and keys and out-of-range values are
-    errors naming the key. Returns ``cfg`` unchanged."""
-    from ..data import DATASETS, TOYS
-    from ..nets import NETS
-    from ..nets import build as build_net
-    from ..train.config import SECTIONS, _objective_options, _path
-    from ..train.losses import OBJECTIVES, get_objective
-
-    w = f"{where}: " if where else ""
-    unknown = sorted(set(cfg) - set(SECTIONS))
-    if unknown:
-        raise CLIError(f"{w}unknown section {unknown[0]!r}; valid sections: {', '.join(SECTIONS)}")
-    for s in ("data", "model", "objective"):
-        if s not in cfg:
-            raise CLIError(f"{w}missing section {s!r} (sections: {', '.join(SECTIONS)})")
-    for s in SECTIONS:
-        if s in cfg and cfg[s] is not None and not isinstance(cfg[s], dict):
-            raise CLIError(f"{w}section {s!r} must be a mapping, got {type(cfg[s]).__name__}")
-    # data
-    data = cfg["data"] or {}
-    dname = data.get("name")
-    if dname not in DATASETS:
-        raise CLIError(f"{w}data.name={dname!r} is unknown; valid names: {', '.join(DATASETS)}")
-    _unknown("data", data, _data_keys()[dname], f"dataset {dname!r}", w)
-    if dname == "toy2d":
-        if data.get("kind") not in TOYS:
-            raise CLIError(f"{w}data.kind={data.get('kind')!r} is unknown; valid kinds: {', '.join(TOYS)}")
-        for k in ("n", "seed"):
-            v = data.get(k, 1)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if k == "n" else 0):
-                raise CLIError(f"{w}data.{k}={v!r} must be an integer >= {1 if k == 'n' else 0}")
-    elif dname in ("array", "image-folder", "reflow-pairs") and not isinstance(data.get("path"), str):
-        raise CLIError(f"{w}data.path is required for dataset {dname!r}")
-    # model
-    model = dict(cfg["model"] or {})
-    mname = model.pop("name", None)
-    if mname not in NETS:
-        raise CLIError(f"{w}model.name={mname!r} is unknown; valid names: {', '.join(sorted(NETS))}")
-    _unknown("model", model, _params(NETS[mname].__init__), f"network {mname!r}", w)
-    try:
-        build_net(mname, **model)
-    except (ValueError, TypeError) as e:
-        raise CLIError(f"{w}model: {one_line(str(e))}") from None
-    # objective
-    obj = dict(cfg["objective"] or {})
-    oname = obj.get("name")
-    if oname not in OBJECTIVES:
-        raise CLIError(f"{w}objective.name={oname!r} is unknown; valid names: {', '.join(OBJECTIVES)}")
-    _unknown("objective", obj, _objective_keys(oname), f"objective {oname!r}", w)
-    if oname != "consistency-distillation":
-        opts = _objective_options(obj)
-        try:
-            if "path" in opts:
-                opts["path"] = _path(opts["path"])
-            get_objective(oname, **opts)
-        except (ValueError, TypeError) as e:
-            raise CLIError(f"{w}objective: {one_line(str(e))}") from None
-    elif not isinstance(obj.get("teacher"), dict) or "checkpoint" not in obj["teacher"]:
-        raise CLIError(f"{w}objective.teacher must be a mapping with 'checkpoint' for consistency distillation")
-    # train: TrainConfig checks its own keys and ranges
-    from ..train.trainer import TrainConfig
+def configure(cfg: dict, args, where: str) -> dict:
+    """``cfg`` with the command line's training flags and ``--set`` entries, checked strictly
+    (:func:`pfode.train.config.check_config`; its error, naming ``where``, becomes the one error line)."""
+    from ..train.config import check_config
 
     try:
-        TrainConfig.from_dict(dict(cfg.get("train") or {}))
+        return check_config(apply_overrides(cfg, args))
     except (ValueError, TypeError) as e:
-        raise CLIError(f"{w}train: {one_line(str(e))}") from None
-    return cfg
+        raise CLIError(f"{where}: {e}") from None
 
 
 def _stored_config(run: FsPath) -> dict:
-    from ..train.checkpoint import read_checkpoint
+    from ..checkpoint import read_checkpoint
 
     ck = read_checkpoint(run / "checkpoints")
     spec = ck.meta.get("spec")
@@ -224,13 +125,12 @@ def apply_overrides(cfg: dict, args) -> dict:
     import yaml
 
     cfg = json.loads(json.dumps(cfg))
-    train = cfg.setdefault("train", {}) or {}
-    cfg["train"] = train
+    train = cfg["train"] = dict(cfg.get("train") or {})
     for f in _train_fields():
         if hasattr(args, f.name):
             v = getattr(args, f.name)
             train[f.name] = list(v) if f.name == "betas" else v
-    if getattr(args, "quiet", False):
+    if args.quiet:
         train["quiet"] = True
     for s in args.sets:
         if "=" not in s:
@@ -276,7 +176,7 @@ def clear_run_dir(out: FsPath, extra=()):
 
 
 def export_target(args):
-    if not getattr(args, "export", None):
+    if not args.export:
         return None
     dest = FsPath(args.export)
     if dest.suffix in (".json", ".safetensors"):

@@ -24,7 +24,7 @@ from pathlib import Path as FsPath
 
 import torch
 
-from ..checkpoint import Checkpoint, CheckpointError, check_tensors, read_checkpoint, write_pair
+from ..checkpoint import Checkpoint, CheckpointError, read_checkpoint, write_pair
 from ..predictions import Denoiser
 
 __all__ = ["BUILTIN", "Model", "available", "builtin_file", "build_net", "load", "export"]
@@ -83,8 +83,7 @@ def build_net(config: dict) -> torch.nn.Module:
 
 
 def _which(meta: dict) -> str:
-    keys = meta.get("manifest", {})
-    return "ema" if any(k.startswith("ema/") for k in keys) else "model"
+    return "ema" if any(k.startswith("ema/") for k in meta.get("manifest", {})) else "model"
 
 
 def _denoiser_spec(ck: Checkpoint) -> dict:
@@ -130,15 +129,8 @@ def load(
     if not ck.meta.get("model_config"):
         raise CheckpointError(f"{ck.json_path} stores no model_config (the network's configuration)")
     net = build_net(ck.meta["model_config"])
-    which = which or _which(ck.meta)
-    if which not in ("ema", "model"):
-        raise ValueError(f"which={which!r} is unknown; valid values: ema, model")
-    sd = ck.section(which)
-    check_tensors(net.state_dict(), sd, f"the {which} weights", str(ck.json_path))
-    net.load_state_dict(sd, strict=True)
-    net = net.to(device=device, dtype=dtype).eval()
-    for q in net.parameters():
-        q.requires_grad_(False)
+    ck.load_into(net, which or _which(ck.meta))
+    net = net.to(device=device, dtype=dtype).eval().requires_grad_(False)
     shape = getattr(net, "data_shape", None) or tuple(ck.meta.get("data", {}).get("shape") or ())
     if not shape:
         raise CheckpointError(f"{ck.json_path} does not state the shape of a sample (data.shape)")

@@ -6,7 +6,6 @@ checkpoints and DDP.
   :class:`Consistency`, weightings, time samplers, metrics;
 * :mod:`pfode.train.couplings` -- :class:`Independent`, :class:`MinibatchOT`, :class:`Paired`,
   :func:`generate_reflow_pairs`, :class:`PairStore`;
-* :mod:`pfode.train.checkpoint` -- optimizer state in the pickle-free checkpoints of :mod:`pfode.checkpoint`;
 * :mod:`pfode.train.trainer` -- :class:`Trainer`, :class:`TrainConfig`;
 * :mod:`pfode.train.config` -- runs from YAML/JSON (``python -m pfode.train``).
 """

@@ -64,9 +64,7 @@ class Independent(Coupling):
 
     def __call__(self, x0, eps, generator):
         if eps is not None:
-            raise ValueError(
-                "the independent coupling draws its own noise; paired data needs coupling='paired'"
-            )
+            raise ValueError("the independent coupling draws its own noise; paired data needs coupling='paired'")
         return x0, _noise_like(x0, generator)
 
 
@@ -145,13 +143,10 @@ class Paired(Coupling):
     def __call__(self, x0, eps, generator):
         if eps is None:
             raise ValueError(
-                "a paired (reflow) coupling needs data given as (sample, noise) pairs, "
-                "e.g. PairStore(dir).load()"
+                "a paired (reflow) coupling needs data given as (sample, noise) pairs, e.g. PairStore(dir).load()"
             )
         if eps.shape != x0.shape:
-            raise ValueError(
-                f"paired noise shape {tuple(eps.shape)} differs from the sample shape {tuple(x0.shape)}"
-            )
+            raise ValueError(f"paired noise shape {tuple(eps.shape)} differs from the sample shape {tuple(x0.shape)}")
         return x0, eps
 
     def spec(self):
@@ -192,8 +187,7 @@ class PairStore:
         idx = self.root / INDEX
         if not idx.is_file():
             raise FileNotFoundError(
-                f"{self.root} is not a reflow pair store (no {INDEX}); make one with "
-                "pfode.train.generate_reflow_pairs"
+                f"{self.root} is not a reflow pair store (no {INDEX}); make one with pfode.train.generate_reflow_pairs"
             )
         self.index = json.loads(idx.read_text())
         if self.index.get("format") != FORMAT:
@@ -283,7 +277,7 @@ def generate_reflow_pairs(
         "batch_size": batch_size,
         "data_shape": list(shape),
         "seed": int(seed),
-        "solver": getattr(solver_obj, "name", str(solver)),
+        "solver": solver_obj.name,
         "nfe": nfe,
         "grid": g_list,
         "t_start": t_start,

@@ -180,9 +180,7 @@ class TimeSampler:
         if not t0 < t1:
             raise ValueError(f"t_range={t_range!r}: need t0 < t1")
         if self.path is not None and not (self.path.t_lo <= t0 and t1 <= self.path.t_hi):
-            raise ValueError(
-                f"t_range={t_range!r} lies outside [{self.path.t_lo}, {self.path.t_hi}] of {self.path!r}"
-            )
+            raise ValueError(f"t_range={t_range!r} lies outside [{self.path.t_lo}, {self.path.t_hi}] of {self.path!r}")
         if name == "edm-lognormal" and self.path is None:
             raise ValueError("time_sampler='edm-lognormal' needs the path (to map s = sigma/alpha to t)")
         self.t_range = (t0, t1)
@@ -199,9 +197,7 @@ class TimeSampler:
         if self.name == "uniform":
             return torch.rand(n, generator=generator, dtype=torch.float64)
         if self.name == "logit-normal":
-            return torch.sigmoid(
-                self.mean + self.std * torch.randn(n, generator=generator, dtype=torch.float64)
-            )
+            return torch.sigmoid(self.mean + self.std * torch.randn(n, generator=generator, dtype=torch.float64))
         if self.name == "u-shaped":
             r = torch.rand(n, generator=generator, dtype=torch.float64)
             return 0.5 + torch.asinh((2.0 * r - 1.0) * math.sinh(self.a / 2)) / self.a
@@ -238,6 +234,7 @@ class Objective:
     name = "objective"
     path: Path
     coupling: Coupling
+    target_kind = "stopgrad"  # "ema": the trainer passes its EMA model to ``loss`` as ``target_model``
 
     def prepare(self, batch, generator: torch.Generator, step: int = 0) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -330,7 +327,7 @@ class DenoisingScoreMatching(Objective):
             "bias": check_finite_float("sigmoid_bias", sigmoid_bias),
         }
         self.huber_c = None if huber_c is None else check_finite_float("huber_c", huber_c, 0.0, strict=True)
-        Denoiser(lambda x, t: x, self.path, self.prediction, self.time_input)  # validates the combination
+        self.denoiser(_no_net)  # validates the combination
 
     # -- batch -------------------------------------------------------------------------------
     def prepare(self, batch, generator, step: int = 0):
@@ -342,9 +339,7 @@ class DenoisingScoreMatching(Objective):
     def coeffs(self, t: torch.Tensor, like: torch.Tensor) -> Coeffs:
         return Coeffs.at(self.path, as_f64(t).to(like.device), like=like)
 
-    def target(
-        self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def target(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x_t, target)`` for data ``x0``, noise ``eps`` and times ``t`` ``[B]``."""
         c = self.coeffs(t, x0)
         return c.alpha * x0 + c.sigma * eps, from_x0_eps(self.prediction, x0, eps, c)
@@ -436,13 +431,11 @@ class FlowMatching(DenoisingScoreMatching):
 
     def sample(self, model, z, *, nfe: int = 20, solver=None, grid=None, **options):
         """Euler (in path time) on a uniform grid from ``t_hi`` to ``t_lo`` by default: ``nfe`` steps."""
-        from ..sample import sample as pf_sample
         from ..solvers import get
 
         if solver is None and grid is None and self.path.reaches_zero and math.isfinite(self.path.t_hi):
-            g = torch.linspace(self.path.t_hi, self.path.t_lo, nfe + 1, dtype=torch.float64)
-            x_T = float(self.path.sigma(g[0])) * z
-            return pf_sample(self.denoiser(model), x_T, g, get("euler", variable="t"), **options)
+            solver = get("euler", variable="t")
+            grid = torch.linspace(self.path.t_hi, self.path.t_lo, nfe + 1, dtype=torch.float64)
         return super().sample(model, z, nfe=nfe, solver=solver or "dpm++2m", grid=grid, **options)
 
 
@@ -511,11 +504,8 @@ class Consistency(Objective):
         self.path = get_path(path)
         self.mode = check_choice("mode", mode, ("training", "distillation"))
         self.name = f"consistency-{self.mode}"
-        if self.mode == "distillation":
-            if not isinstance(teacher, Denoiser):
-                raise TypeError(
-                    "mode='distillation' needs teacher= a pfode.Denoiser (any path and prediction)"
-                )
+        if self.mode == "distillation" and not isinstance(teacher, Denoiser):
+            raise TypeError("mode='distillation' needs teacher= a pfode.Denoiser (any path and prediction)")
         self.teacher = teacher
         self.sigma_data = check_finite_float("sigma_data", sigma_data, 0.0, strict=True)
         self.steps = check_int("steps", steps, 2)

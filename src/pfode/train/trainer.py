@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import math
 import os
 import time
@@ -24,10 +23,18 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path as FsPath
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from ..checkpoint import CheckpointError, check_tensors, latest_checkpoint, read_checkpoint, save_checkpoint
-from .checkpoint import flatten_optimizer, unflatten_optimizer
+from ..checkpoint import (
+    CheckpointError,
+    check_tensors,
+    flatten_optimizer,
+    latest_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+    unflatten_optimizer,
+)
 from .losses import Objective
 
 __all__ = ["TrainConfig", "Trainer", "NonFiniteLossError"]
@@ -97,14 +104,11 @@ class TrainConfig:
     def __post_init__(self):
         from .._checks import check_choice, check_int
 
-        check_int("iterations", self.iterations, 0)
-        check_int("batch_size", self.batch_size, 1)
-        check_int("warmup_steps", self.warmup_steps, 0)
-        check_int("seed", self.seed, 0)
-        for name in ("log_every", "ckpt_every", "sample_every", "keep_checkpoints"):
+        for name in ("iterations", "warmup_steps", "seed", "log_every", "ckpt_every", "sample_every"):
             check_int(name, getattr(self, name), 0)
-        check_int("sample_n", self.sample_n, 1)
-        check_int("sample_nfe", self.sample_nfe, 1)
+        check_int("keep_checkpoints", self.keep_checkpoints, 0)
+        for name in ("batch_size", "sample_n", "sample_nfe"):
+            check_int(name, getattr(self, name), 1)
         check_choice("optimizer", self.optimizer, ("adamw", "adam", "sgd"))
         check_choice("lr_schedule", self.lr_schedule, ("constant", "cosine"))
         check_choice("precision", self.precision, ("auto", "fp32", "bf16"))
@@ -134,12 +138,6 @@ class TrainConfig:
         d = asdict(self)
         d["betas"] = list(self.betas)
         return d
-
-
-def _dist():
-    import torch.distributed as dist
-
-    return dist
 
 
 class Trainer:
@@ -180,7 +178,9 @@ class Trainer:
         self.spec = spec or {}
         self._setup_dist()
         self.device = self._pick_device()
-        self.amp = self._pick_amp()
+        self.amp = self.cfg.precision == "bf16" or (
+            self.cfg.precision == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        )
         self.model = objective.wrap(model).to(self.device)
         self.data = self._check_data(data)
         self.n = self.data[0].shape[0]
@@ -219,7 +219,6 @@ class Trainer:
 
     # -- set-up ------------------------------------------------------------------------------
     def _setup_dist(self):
-        dist = _dist()
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if dist.is_available() and not dist.is_initialized() and world > 1:
             backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -232,46 +231,24 @@ class Trainer:
 
     def _pick_device(self) -> torch.device:
         d = self.cfg.device
-        if d == "auto":
-            return (
-                torch.device(f"cuda:{self.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-            )
-        dev = torch.device(d)
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device(f"cuda:{self.local_rank}")
-        return dev
-
-    def _pick_amp(self) -> bool:
-        p = self.cfg.precision
-        if p == "fp32":
-            return False
-        if p == "bf16":
-            return True
-        return self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if d == "auto" else d)
+        return torch.device(f"cuda:{self.local_rank}") if dev.type == "cuda" and dev.index is None else dev
 
     def _check_data(self, data):
         coupling = self.objective.coupling
-        if data is None:
-            if getattr(coupling, "paired", False):
-                data = coupling.data()
-            else:
-                raise ValueError("no data given (a tensor [N, *shape], or (sample, noise) pairs for reflow)")
-        if isinstance(data, torch.Tensor):
-            data = (data,)
-        data = tuple(data)
+        if data is None and not coupling.paired:
+            raise ValueError("no data given (a tensor [N, *shape], or (sample, noise) pairs for reflow)")
+        data = coupling.data() if data is None else data
+        data = (data,) if isinstance(data, torch.Tensor) else tuple(data)
         if not 1 <= len(data) <= 2 or not all(isinstance(d, torch.Tensor) for d in data):
             raise TypeError("data must be a tensor [N, *shape] or a pair of tensors (sample, noise)")
-        if getattr(coupling, "paired", False) and len(data) != 2:
+        if coupling.paired and len(data) != 2:
             raise ValueError(f"coupling {coupling.name!r} needs (sample, noise) pairs, got a single tensor")
-        if len(data) == 2 and not getattr(coupling, "paired", False):
-            raise ValueError(
-                f"paired data (sample, noise) needs coupling='paired' or 'reflow', not {coupling.name!r}"
-            )
+        if len(data) == 2 and not coupling.paired:
+            raise ValueError(f"paired data (sample, noise) needs coupling='paired' or 'reflow', not {coupling.name!r}")
         x = data[0]
         if not x.is_floating_point() or x.dim() < 2:
-            raise ValueError(
-                f"data must be a floating-point tensor [N, *shape], got {x.dtype} {tuple(x.shape)}"
-            )
+            raise ValueError(f"data must be a floating-point tensor [N, *shape], got {x.dtype} {tuple(x.shape)}")
         if len(data) == 2 and data[1].shape != x.shape:
             raise ValueError(f"noise {tuple(data[1].shape)} and samples {tuple(x.shape)} differ in shape")
         want = getattr(self.model, "data_shape", None)
@@ -361,12 +338,12 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.net.train()
-        target = self.ema if getattr(self.objective, "target_kind", None) == "ema" else self.model
+        target = self.ema if self.objective.target_kind == "ema" else self.model
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             loss, _ = self.objective.loss(self.net, local, step=self.step, target_model=target)
         value = loss.detach().float().clone()
         if self.world > 1:
-            _dist().all_reduce(value)
+            dist.all_reduce(value)
             value /= self.world
         value = float(value)
         if not math.isfinite(value):
@@ -374,14 +351,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for p in self.model.parameters() if p.grad is not None]
-        if self.cfg.grad_clip is not None:
-            gn = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip))
-        else:
-            gn = (
-                float(torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params])))
-                if params
-                else 0.0
-            )
+        clip = math.inf if self.cfg.grad_clip is None else self.cfg.grad_clip  # inf: the norm, no clipping
+        gn = float(torch.nn.utils.clip_grad_norm_(params, clip))
         if not math.isfinite(gn):  # every process sees the same reduced gradients
             self.optimizer.zero_grad(set_to_none=True)
             self._non_finite(f"gradient norm is {gn}")
@@ -393,11 +364,8 @@ class Trainer:
         return rec
 
     def _non_finite(self, what: str):
-        where = (
-            f"; the last good checkpoint is {self.last_checkpoint}"
-            if self.last_checkpoint
-            else "; no checkpoint was written yet"
-        )
+        last = self.last_checkpoint
+        where = f"; the last good checkpoint is {last}" if last else "; no checkpoint was written yet"
         raise NonFiniteLossError(
             f"{what} at step {self.step} (0-based; the update was not applied){where}. "
             "Lower lr, enable grad_clip, or check the data and the weighting",
@@ -422,17 +390,9 @@ class Trainer:
         checkpoint (unless ``save_final=False``)."""
         from tqdm.auto import tqdm
 
-        total = self.cfg.iterations if iterations is None else int(iterations)
         c = self.cfg
-        main = self.rank == 0
-        bar = tqdm(
-            total=total,
-            initial=self.step,
-            disable=c.quiet or not main,
-            desc="train",
-            unit="step",
-            dynamic_ncols=True,
-        )
+        total = c.iterations if iterations is None else int(iterations)
+        bar = tqdm(total=total, initial=self.step, disable=c.quiet or self.rank != 0, desc="train", unit="step")
         t0 = time.time()
         try:
             while self.step < total:
@@ -463,9 +423,7 @@ class Trainer:
             w = csv.writer(f)
             if new:
                 w.writerow(["step", "loss", "lr", "grad_norm", "elapsed_s"])
-            w.writerow(
-                [rec["step"], repr(rec["loss"]), repr(rec["lr"]), repr(rec["grad_norm"]), f"{elapsed:.3f}"]
-            )
+            w.writerow([rec["step"], repr(rec["loss"]), repr(rec["lr"]), repr(rec["grad_norm"]), f"{elapsed:.3f}"])
         if self.cfg.tensorboard:
             if self._tb is None:
                 try:
@@ -501,9 +459,7 @@ class Trainer:
         x = self.objective.sample(self.ema, z, nfe=self.cfg.sample_nfe, generator=g)
         path = path or self.out_dir / "samples" / f"step-{self.step:08d}.png"
         ref = self.reference if self.reference is not None else self.data[0][:2000]
-        save_samples(
-            x, path, f"{self.objective.name}, step {self.step}, {self.cfg.sample_nfe} NFE", reference=ref
-        )
+        save_samples(x, path, f"{self.objective.name}, step {self.step}, {self.cfg.sample_nfe} NFE", reference=ref)
         return path
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -523,7 +479,7 @@ class Trainer:
         """Write a checkpoint of the current step (rank 0); returns its JSON path."""
         if self.out_dir is None:
             return None
-        path = None
+        folder = self.out_dir / "checkpoints"
         if self.rank == 0:
             tensors, ometa = self.state_tensors()
             meta = {
@@ -540,17 +496,11 @@ class Trainer:
                 "world_size": self.world,
                 "loss": self.history[-1]["loss"] if self.history else None,
             }
-            path = str(
-                save_checkpoint(
-                    self.out_dir / "checkpoints", self.step, tensors, meta, self.cfg.keep_checkpoints
-                )
-            )
+            save_checkpoint(folder, self.step, tensors, meta, self.cfg.keep_checkpoints)
         if self.world > 1:
-            _dist().barrier()
-        self.last_checkpoint = (
-            path if self.rank == 0 else str(self.out_dir / "checkpoints" / f"step-{self.step:08d}.json")
-        )
-        return path
+            dist.barrier()
+        self.last_checkpoint = str(folder / f"step-{self.step:08d}.json")
+        return self.last_checkpoint if self.rank == 0 else None
 
     def load(self, path, strict_config: bool = True):
         """Restore everything from a checkpoint (JSON, tensor file or folder) -- strictly checked."""
@@ -563,9 +513,7 @@ class Trainer:
                 old["iterations"] = old.pop("steps")
             new = self.cfg.to_dict()
             diff = sorted(
-                k
-                for k in set(old) | set(new)
-                if k not in TrainConfig.RESUMABLE_CHANGES and old.get(k) != new.get(k)
+                k for k in set(old) | set(new) if k not in TrainConfig.RESUMABLE_CHANGES and old.get(k) != new.get(k)
             )
             if diff:
                 lines = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
@@ -587,9 +535,7 @@ class Trainer:
                 continue
             for k, v in st.items():
                 if isinstance(v, torch.Tensor) and v.dim() > 0 and tuple(v.shape) != tuple(plist[pid].shape):
-                    problems.append(
-                        f"optim/{pid}/{k}: shape {tuple(v.shape)}, parameter has {tuple(plist[pid].shape)}"
-                    )
+                    problems.append(f"optim/{pid}/{k}: shape {tuple(v.shape)}, parameter has {tuple(plist[pid].shape)}")
         if problems:
             raise CheckpointError(
                 f"{ck.json_path}: optimizer state does not match the model:\n  " + "\n  ".join(problems)
@@ -616,13 +562,3 @@ class Trainer:
                 return False
         self.load(path, strict_config)
         return True
-
-    def summary(self) -> dict:
-        return {
-            "step": self.step,
-            "world": self.world,
-            "device": str(self.device),
-            "amp_bf16": self.amp,
-            "params": sum(p.numel() for p in self.model.parameters()),
-            "objective": json.loads(json.dumps(self.objective.spec(), default=str)),
-        }
