@@ -506,8 +506,8 @@ def test_unknown_prediction_cannot_fall_through_to_velocity():
     for kind in PREDICTIONS:  # each type's maps are consistent: x = a x0 + s eps, and output(pair(out)) = out
         pred = get_prediction(kind)
         assert isinstance(pred, Prediction)
-        (px, po), (ex, eo) = pred.pair(a, s, da, ds)
-        ox, oe = pred.output(a, s, da, ds)
+        (px, po), (ex, eo) = pred.to_x0(a, s, da, ds), pred.to_eps(a, s, da, ds)
+        ox, oe = pred.to_out(a, s, da, ds)
         assert abs(a * px + s * ex - 1) < 1e-12 and abs(a * po + s * eo) < 1e-12, kind
         assert abs(ox * px + oe * ex) < 1e-12 and abs(ox * po + oe * eo - 1) < 1e-12, kind
         outputs.add((round(ox, 9), round(oe, 9)))

@@ -68,63 +68,74 @@ class Coeffs:
         return cls(*vals)
 
 
-def _mix(u, cu, v, cv):
+def _mix(u, cu, cv, v):
     """``cu u + cv v``, skipping literal ``0.0``/``1.0`` coefficients (eps-prediction's ``eps_hat`` is its output)."""
     if isinstance(cu, float) and cu == 0.0:
         return v if isinstance(cv, float) and cv == 1.0 else cv * v
     return cu * u + cv * v
 
 
+def fold(x: torch.Tensor, px: float, po: float, out: torch.Tensor) -> torch.Tensor:
+    """``px x + po out`` for host floats in one fused op (``out`` alone where ``px`` is 0)."""
+    if px == 0.0:
+        return out if po == 1.0 else out * po
+    return torch.add(x * px, out, alpha=po)
+
+
 @dataclass(frozen=True)
 class Prediction:
     """One prediction type: the linear maps between a network output ``out`` at state ``x`` and the pair.
 
-    ``pair(a, s, da, ds) -> ((px, po), (ex, eo))`` with ``x0_hat = px x + po out`` and
-    ``eps_hat = ex x + eo out``; ``output(a, s, da, ds) -> (ox, oe)`` with ``out = ox x0 + oe eps``, where
-    ``a, s, da, ds`` are ``alpha, sigma`` and their time derivatives (floats or broadcastable tensors).
+    ``to_x0(a, s, da, ds) -> (px, po)``: ``x0_hat = px x + po out``; ``to_eps`` likewise for ``eps_hat``;
+    ``to_out(a, s, da, ds) -> (ox, oe)``: ``out = ox x0 + oe eps``; ``a, s, da, ds`` are ``alpha, sigma`` and
+    their time derivatives (floats or broadcastable tensors).
     """
 
     name: str
-    pair: Callable
-    output: Callable
+    to_x0: Callable
+    to_eps: Callable
+    to_out: Callable
 
     def to_x0_eps(self, out, x, c: Coeffs):
         """Network output ``out`` at state ``x`` -> ``(x0_hat, eps_hat)``."""
-        (px, po), (ex, eo) = self.pair(c.alpha, c.sigma, c.d_alpha, c.d_sigma)
-        return _mix(x, px, out, po), _mix(x, ex, out, eo)
+        cs = (c.alpha, c.sigma, c.d_alpha, c.d_sigma)
+        return _mix(x, *self.to_x0(*cs), out), _mix(x, *self.to_eps(*cs), out)
 
     def from_x0_eps(self, x0, eps, c: Coeffs):
         """Canonical pair -> the output a network of this type would give."""
-        ox, oe = self.output(c.alpha, c.sigma, c.d_alpha, c.d_sigma)
-        return _mix(x0, ox, eps, oe)
+        ox, oe = self.to_out(c.alpha, c.sigma, c.d_alpha, c.d_sigma)
+        return _mix(x0, ox, oe, eps)
 
     def x0(self, out: torch.Tensor, x: torch.Tensor, a: float, s: float, da: float, ds: float) -> torch.Tensor:
         """``x0_hat`` from ``out`` with host float coefficients: one fused op (the solvers' fast path)."""
-        (px, po), _ = self.pair(a, s, da, ds)
-        if px == 0.0:
-            return out if po == 1.0 else out * po
-        return torch.add(x * px, out, alpha=po)
+        return fold(x, *self.to_x0(a, s, da, ds), out)
 
     def __repr__(self):
         return f"Prediction({self.name!r})"
 
 
-def _velocity(a, s, da, ds):
-    det = a * ds - s * da  # = -alpha sigma dlam/dt > 0
-    return (ds / det, -s / det), (-da / det, a / det)
-
-
-def _v(a, s, da, ds):
-    n = a * a + s * s
-    return (a / n, -s / n), (s / n, a / n)
+def _det(a, s, da, ds):
+    return a * ds - s * da  # = -alpha sigma dlam/dt > 0
 
 
 _TYPES = (
-    Prediction("eps", lambda a, s, da, ds: ((1 / a, -s / a), (0.0, 1.0)), lambda a, s, da, ds: (0.0, 1.0)),
-    Prediction("x0", lambda a, s, da, ds: ((0.0, 1.0), (1 / s, -a / s)), lambda a, s, da, ds: (1.0, 0.0)),
-    Prediction("v", _v, lambda a, s, da, ds: (-s, a)),
-    Prediction("score", lambda a, s, da, ds: ((1 / a, s * s / a), (0.0, -s)), lambda a, s, da, ds: (0.0, -1 / s)),
-    Prediction("velocity", _velocity, lambda a, s, da, ds: (da, ds)),
+    Prediction("eps", lambda a, s, *_: (1 / a, -s / a), lambda *_: (0.0, 1.0), lambda *_: (0.0, 1.0)),
+    Prediction("x0", lambda *_: (0.0, 1.0), lambda a, s, *_: (1 / s, -a / s), lambda *_: (1.0, 0.0)),
+    Prediction(
+        "v",
+        lambda a, s, *_: (a / (a * a + s * s), -s / (a * a + s * s)),
+        lambda a, s, *_: (s / (a * a + s * s), a / (a * a + s * s)),
+        lambda a, s, *_: (-s, a),
+    ),
+    Prediction(
+        "score", lambda a, s, *_: (1 / a, s * s / a), lambda a, s, *_: (0.0, -s), lambda a, s, *_: (0.0, -1 / s)
+    ),
+    Prediction(
+        "velocity",
+        lambda a, s, da, ds: (ds / _det(a, s, da, ds), -s / _det(a, s, da, ds)),
+        lambda a, s, da, ds: (-da / _det(a, s, da, ds), a / _det(a, s, da, ds)),
+        lambda a, s, da, ds: (da, ds),
+    ),
 )
 _PREDICTION_TYPES: dict[str, Prediction] = {p.name: p for p in _TYPES}
 PREDICTIONS = tuple(_PREDICTION_TYPES)

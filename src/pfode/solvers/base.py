@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .._checks import as_f64
-from ..engine import drive
+from ..predictions import fold, get_prediction
 
 __all__ = [
     "Point",
@@ -226,8 +226,20 @@ class Solver(SolverBase):
     # -- stepping (tensor ops only) ---------------------------------------------------------
     def step(self, x: torch.Tensor, hist: Any, st: Step, noise: Callable[[], torch.Tensor] | None) -> StepProgram:
         """The step program of ``st`` (see the class docs); ``noise()`` draws standard normal noise shaped
-        like ``x`` (stochastic solvers only)."""
-        raise NotImplementedError
+        like ``x`` (stochastic solvers only). Solvers whose every step evaluates once, at its start,
+        implement :meth:`update` instead."""
+        d = yield st.i, x
+        x_next, hist = self.update(x, hist, st, d, noise)
+        return x_next, hist, d
+
+    def update(self, x: torch.Tensor, hist: Any, st: Step, d: torch.Tensor, noise=None) -> tuple[torch.Tensor, Any]:
+        """``(x_next, history)`` of a step that evaluates once, at its start (``d = x0_hat(x)``)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither step() nor update()")
+
+    @property
+    def single_evaluation(self) -> bool:
+        """Whether every step evaluates once, at its start (the solver implements :meth:`update`)."""
+        return type(self).update is not Solver.update
 
     def program(self, x: torch.Tensor, hist: Any, st: Step, noise=None) -> StepProgram:
         """The program of any planned step: the denoising step for a step to zero noise, else :meth:`step`."""
@@ -271,14 +283,22 @@ class Evaluator:
 
     @staticmethod
     def times(den, table: Table, x: torch.Tensor):
-        """Network-time tensors (``[B]`` views, one per point) and host coefficients for ``x``'s batch and device."""
+        """Network-time tensors (``[B]`` views, one per point) for ``x``'s batch and device, and per point the
+        host floats ``(px, po)`` with ``x0_hat = px x + po out`` (the prediction's conversion, folded)."""
         pts = table.points
         tn = den.time_tensor(torch.tensor([p.t for p in pts], dtype=torch.float64), x)
-        return [v.expand(x.shape[0]) for v in tn.unbind(0)], [(p.alpha, p.sigma, p.d_alpha, p.d_sigma) for p in pts]
+        to_x0 = get_prediction(den.prediction).to_x0
+        coef = []
+        for p in pts:
+            try:
+                coef.append(to_x0(p.alpha, p.sigma, p.d_alpha, p.d_sigma))
+            except ZeroDivisionError:  # the virtual zero-noise end: never evaluated
+                coef.append((math.nan, math.nan))
+        return [v.expand(x.shape[0]) for v in tn.unbind(0)], coef
 
     def __call__(self, x: torch.Tensor, k: int) -> torch.Tensor:
         self.count += 1
-        return self.den.x0(x, self._t_net[k], *self._coef[k], cond=self.cond)
+        return fold(x, *self._coef[k], self.den.raw(x, self._t_net[k], self.cond))
 
 
 def run(solver: Solver, plan: list[Step], x: torch.Tensor, ev: Evaluator, noise=None, on_step=None, hist=None):
@@ -287,8 +307,22 @@ def run(solver: Solver, plan: list[Step], x: torch.Tensor, ev: Evaluator, noise=
     ``on_step(st, x, hist, x_next, hist_next, x0_hat)`` is called after each step; when it returns a value,
     that value replaces ``hist_next`` (e.g. copies in pooled storage). Returns ``(x, hist)``.
     """
+    single = solver.single_evaluation
     for st in plan:
-        x_next, hist_next, d = drive(solver.program(x, hist, st, noise), ev)
+        if st.zero or single:  # one evaluation at the step's start: no program to drive
+            d = ev(x, st.i)
+            if st.zero:
+                x_next, hist_next = (d if st.alpha == 1.0 else d * st.alpha), hist
+            else:
+                x_next, hist_next = solver.update(x, hist, st, d, noise)
+        else:
+            program = solver.step(x, hist, st, noise)
+            try:  # engine.drive, inlined: this is the hot loop
+                k, xk = next(program)
+                while True:
+                    k, xk = program.send(ev(xk, k))
+            except StopIteration as stop:
+                x_next, hist_next, d = stop.value
         if on_step is not None:
             new = on_step(st, x, hist, x_next, hist_next, d)
             if new is not None:

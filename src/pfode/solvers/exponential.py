@@ -55,16 +55,15 @@ class LinearStep(Step):
     cz: float = 0.0
 
 
-def linear_step(x, hist, st: LinearStep, noise):
-    """The program of ``x_next = cx x + w[0] D + w[1] D_prev + cz z`` with ``D = x0_hat(x)``; it keeps
-    ``(D,)`` as history when a step reads it (``st.history``)."""
-    d = yield st.i, x
+def linear_update(x, hist, st: LinearStep, d, noise):
+    """``x_next = cx x + w[0] D + w[1] D_prev + cz z`` with ``D = x0_hat(x)``; it keeps ``(D,)`` as history
+    when a step reads it (``st.history``)."""
     out = torch.add(x * st.cx, d, alpha=st.w[0])
     if st.history:
         out = torch.add(out, hist[0], alpha=st.w[1])
     if st.cz:
         out = torch.add(out, noise(), alpha=st.cz)
-    return out, ((d,) if len(st.w) > 1 else hist), d
+    return out, ((d,) if len(st.w) > 1 else hist)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,8 +105,8 @@ class DDIM(Solver):
         k = math.sqrt(max(sn * sn - c * c, 0.0)) / s
         return LinearStep(i=i, cx=q.alpha * k / p.alpha, w=(q.alpha * (1.0 - k),), cz=q.alpha * c)
 
-    def step(self, x, hist, st, noise=None):
-        return linear_step(x, hist, st, noise)
+    def update(self, x, hist, st, d, noise=None):
+        return linear_update(x, hist, st, d, noise)
 
     def adjoint_weights(self, r):
         return None if self.stochastic else (1.0,)
@@ -351,10 +350,9 @@ class DPMSolverPPMultistep(_Multistep):
         w2 = a * (-w_d11 / r1)
         return LinearStep(i=i, order=3, history=2, cx=cx, w=(w0, w1, w2))
 
-    def step(self, x, hist, st, noise=None):
-        d = yield st.i, x
+    def update(self, x, hist, st, d, noise=None):
         ds = ((d,) + (hist or ()))[: self.order]
-        return _lin(x, st.cx, zip(st.w, ds)), ds[: self.order - 1], d
+        return _lin(x, st.cx, zip(st.w, ds)), ds[: self.order - 1]
 
     def adjoint_weights(self, r):
         if self.order != 2:
@@ -432,14 +430,13 @@ class UniPC(_Multistep):
             corr = (ccx, tuple(cw), cnew)
         return UniPCStep(i=i, order=k, history=max(k - 1, 1 if corr else 0), cx=cx, w=tuple(w), corrector=corr)
 
-    def step(self, x, hist, st, noise=None):
-        d = yield st.i, x
+    def update(self, x, hist, st, d, noise=None):
         prev_x, ds = hist if hist else (None, ())
         if st.corrector:  # correct x_i with the evaluation at the predicted point (no extra call)
             ccx, cw, cnew = st.corrector
             x = _lin(prev_x, ccx, zip(cw, ds)).add_(d, alpha=cnew)
         ds = ((d,) + ds)[: self.predictor_order]
-        return _lin(x, st.cx, zip(st.w, ds)), (x, ds), d
+        return _lin(x, st.cx, zip(st.w, ds)), (x, ds)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -502,11 +499,10 @@ class _AdamsInS(_Multistep):
             i=i, order=k, history=k - 1, cx=q.alpha / p.alpha, w=tuple(q.alpha * v for v in w), a=p.alpha, s=p.sigma
         )
 
-    def step(self, x, hist, st, noise=None):
-        d = yield st.i, x
+    def update(self, x, hist, st, d, noise=None):
         e = torch.add(x, d, alpha=-st.a).mul_(1.0 / st.s)
         hist = self._push(hist, e, self.order)
-        return _lin(x, st.cx, zip(st.w, hist)), hist, d
+        return _lin(x, st.cx, zip(st.w, hist)), hist
 
 
 class DEIS(_AdamsInS):

@@ -16,7 +16,7 @@ import math
 
 from .._checks import check_finite_float
 from .base import Solver, register
-from .exponential import LinearStep, linear_step
+from .exponential import LinearStep, linear_update
 
 __all__ = ["EulerMaruyama", "DPMSolverPP2MSDE"]
 
@@ -31,8 +31,8 @@ class _ReverseSDE(Solver):
     def __init__(self, eta: float = 1.0):
         self.eta = check_finite_float("eta", eta, 0.0)
 
-    def step(self, x, hist, st, noise=None):
-        return linear_step(x, hist, st, noise)
+    def update(self, x, hist, st, d, noise=None):
+        return linear_update(x, hist, st, d, noise)
 
 
 class EulerMaruyama(_ReverseSDE):
