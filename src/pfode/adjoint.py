@@ -347,25 +347,11 @@ def adjoint_sample(
     params=None,
     cond: dict | None = None,
 ) -> torch.Tensor:
-    """Sample like :func:`pfode.sample`, with gradients from an adjoint backward pass.
+    """:func:`pfode.sample` with ``gradient=method`` (``"discrete"`` or ``"continuous"``, see the module docs).
 
     ``loss(adjoint_sample(...)).backward()`` fills the gradients of ``x_T`` (if it requires grad), of
     ``params`` (default: the parameters of ``denoiser.net`` when it is an ``nn.Module``) and of the
-    floating-point tensors in ``cond`` that require grad.
-
-    Args:
-        denoiser: a :class:`pfode.Denoiser`.
-        x_T: ``[B, ...]`` starting noise at ``grid[0]``.
-        grid: decreasing path times (or give ``nfe`` and ``spacing``).
-        solver: ``method="discrete"``: any fixed-step deterministic solver; ``"continuous"``: ``"ddim"``
-            or ``"dpm++2m"``.
-        denoise: finish with the step to zero noise, as :func:`pfode.sample`.
-        method: ``"discrete"`` (exact gradients of the solver, grid states kept) or ``"continuous"``
-            (AdjointDPM: constant memory, gradients of the ODE to the solver's accuracy).
-        params: tensors to differentiate with respect to (default: the network's parameters).
-        cond: keyword arguments for the network (conditioning tensors).
-    Returns:
-        the samples, shaped like ``x_T``, attached to the autograd graph.
+    floating-point tensors in ``cond`` that require grad. Returns the samples, attached to the graph.
     """
     from .sample import sample
 

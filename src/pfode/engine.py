@@ -1,33 +1,14 @@
-"""The integration engine: the PF-ODE of a denoiser in any variable, Runge-Kutta tableaux, step-size
-controllers, and the driver of step programs.
+"""The integration engine; everything that integrates the probability-flow ODE goes through here.
 
-Everything that integrates the probability-flow ODE goes through here:
-
-* :class:`PFODE` is "the PF-ODE of a :class:`~pfode.Denoiser` in variable ``v``" for ``v`` in
-  ``lam = log(alpha/sigma)``, ``s = sigma/alpha``, path time ``t`` and ``theta = atan(sigma/alpha)``:
-  the state ``u = k(v) x`` and its velocity ``du/dv``, with one call of the network and one conversion of
-  its output to ``(x0_hat, eps_hat)`` per evaluation. The forms are
-
-  ======  =========================  =========================================
-  ``v``   state ``u``                velocity ``du/dv``
-  ======  =========================  =========================================
-  lam     ``y = x / alpha``          ``x0_hat - y``
-  s       ``y = x / alpha``          ``(y - x0_hat) / s``
-  t       ``x``                      ``alpha' x0_hat + sigma' eps_hat``
-  theta   ``w = cos(theta) x/alpha`` ``cos(theta) eps_hat - sin(theta) x0_hat``
-  ======  =========================  =========================================
-
-* :class:`Tableau` is an explicit Runge-Kutta method (Euler, Heun, midpoint, RK4, Dormand-Prince 5(4));
-  :func:`rk_stages` is the one stepper of every tableau, written as a *step program*: a generator that
-  yields ``(stage, inputs)`` and receives the stage's derivatives, so the same code serves the sampling
-  solvers (whose evaluations go through precomputed host coefficients), the adaptive solver and the
-  likelihood (per-sample times, augmented state).
-* :func:`solve_adaptive` runs an embedded tableau with a step-size controller (:class:`IController`,
-  :class:`PIController`), per sample or per batch, on a state of several tensors (e.g. ``x`` and a
-  log-density).
-* :func:`drive` runs a step program, answering each request with an evaluation; fixed-step solvers'
-  steps are such programs too (:meth:`pfode.solvers.Solver.program`), which lets the diffusers scheduler,
-  inversion and the adjoint drive the very same step code.
+* :class:`PFODE`: the PF-ODE of a :class:`~pfode.Denoiser` in ``lam``, ``s``, ``t`` or ``theta`` (state
+  ``u = k(v) x`` and velocity ``du/dv``; the table is in ``docs/architecture.md``), one network call and
+  one conversion to ``(x0_hat, eps_hat)`` per evaluation.
+* :class:`Tableau` and :func:`rk_stages`: every explicit Runge-Kutta method, stepped by one generator that
+  yields each stage's input and receives its derivatives (sampling solvers, the adaptive solver and the
+  augmented likelihood all use it).
+* :func:`solve_adaptive` with :class:`IController` or :class:`PIController`, per sample or per batch.
+* :func:`drive` runs a step program (fixed-step solvers' steps are programs too, see
+  :meth:`pfode.solvers.Solver.step`), answering each request with an evaluation.
 """
 
 from __future__ import annotations

@@ -313,42 +313,20 @@ def bdia_sample(
     return SampleOutput(x_cur, None, times, nfe, {"method": "bdia", "gamma": gamma, "solver": s.name})
 
 
-def round_trip(
-    denoiser: Denoiser,
-    x0: torch.Tensor,
-    *,
-    grid=None,
-    nfe: int | None = None,
-    solver: str | Solver = "ddim",
-    spacing: str = "logsnr",
-    t_start: float | None = None,
-    t_end: float | None = None,
-    method: str = "plain",
-    gamma: float = 1.0,
-    cond: dict | None = None,
-) -> RoundTrip:
-    """Invert ``x0`` and sample back along the same grid with the matching sampler; report the error.
+def round_trip(denoiser: Denoiser, x0: torch.Tensor, **options) -> RoundTrip:
+    """Invert ``x0`` with :func:`invert` (``options`` are its keyword arguments) and sample back along the same
+    grid with the matching sampler; report the error.
 
     Plain inversion samples back with :func:`pfode.sample` (``denoise=False``); BDIA with
     :func:`bdia_sample` from the inverted pair ``(x_T, x_next)``.
     """
-    inv = invert(
-        denoiser,
-        x0,
-        grid=grid,
-        nfe=nfe,
-        solver=solver,
-        spacing=spacing,
-        t_start=t_start,
-        t_end=t_end,
-        method=method,
-        gamma=gamma,
-        cond=cond,
-        return_info=True,
-    )
-    if method == "bdia":
+    if "return_info" in options:
+        raise TypeError("round_trip always returns a RoundTrip; return_info is not one of its options")
+    inv = invert(denoiser, x0, return_info=True, **options)
+    solver, cond, nfe = options.get("solver", "ddim"), options.get("cond"), options.get("nfe")
+    if inv.info["method"] == "bdia":
         out = bdia_sample(
-            denoiser, inv.x_T, inv.grid, solver, gamma=gamma, x_next=inv.x_next, cond=cond, return_info=True
+            denoiser, inv.x_T, inv.grid, solver, gamma=inv.info["gamma"], x_next=inv.x_next, cond=cond, return_info=True
         )
     else:
         s = get(solver)
@@ -356,10 +334,7 @@ def round_trip(
             _, s = s.for_nfe(nfe, False)  # the solver inversion used (e.g. dpm-fast's order list)
         g = inv.grid[[0, -1]] if s.adaptive else inv.grid
         out = pf_sample(denoiser, inv.x_T, g, s, denoise=False, cond=cond, return_info=True)
-    x_rec, n2 = out.x, out.nfe
-    diff = (x_rec - x0).to(torch.float64)
+    diff = (out.x - x0).to(torch.float64)
     rel = float(diff.norm() / x0.to(torch.float64).norm().clamp_min(1e-300))
-    mae = float(diff.abs().max())
-    if not math.isfinite(rel):
-        rel = math.inf
-    return RoundTrip(inv.x_T, x_rec, mae, rel, inv.nfe + n2)
+    rel = rel if math.isfinite(rel) else math.inf
+    return RoundTrip(inv.x_T, out.x, float(diff.abs().max()), rel, inv.nfe + out.nfe)
