@@ -50,7 +50,7 @@ from ._checks import as_f64, check_choice, check_finite_float, check_int, check_
 from .engine import DOPRI5, PFODE, PIController, drive, rk_stages, solve_adaptive
 from .grids import as_grid
 from .predictions import Denoiser, check_denoiser
-from .solvers.adaptive import batch_view
+from .solvers.adaptive import batch_view, rms_norm
 from .solvers.base import Solver, get
 
 __all__ = ["LikelihoodOutput", "BitsPerDimOutput", "log_likelihood", "bits_per_dim", "DIVERGENCES", "NOISES"]
@@ -347,12 +347,11 @@ def log_likelihood(
         e_scale = d if divergence == "exact" else None
         b = x.shape[0]
 
-        def norm(u, new, err):
-            sc = atol + rtol * torch.maximum(u[0].abs(), new[0].abs())
-            n_u = ((err[0] / sc) ** 2).reshape(b, -1).mean(1).to(torch.float64)
-            if e_scale is not None:
-                n_u = torch.maximum(n_u, (err[1] / (atol * e_scale)).square().amax(0))
-            return torch.sqrt(n_u)
+        state_norm = rms_norm(b, rtol, atol)
+
+        def norm(u, new, err):  # the state's RMS norm, and the log-density to atol nats per dimension
+            n = state_norm(u, new, err)
+            return n if e_scale is None else torch.maximum(n, (err[1] / (atol * e_scale)).abs().amax(0))
 
         (w, e), dinfo = solve_adaptive(
             lambda u, th: rhs(u[0], th, u[1]), [w, e], th0, th1, error_norm=norm, views=views, tab=DOPRI5,

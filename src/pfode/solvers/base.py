@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from .._checks import as_f64
+from ..engine import drive
 from ..predictions import fold, get_prediction
 
 __all__ = [
@@ -316,13 +317,7 @@ def run(solver: Solver, plan: list[Step], x: torch.Tensor, ev: Evaluator, noise=
             else:
                 x_next, hist_next = solver.update(x, hist, st, d, noise)
         else:
-            program = solver.step(x, hist, st, noise)
-            try:  # engine.drive, inlined: this is the hot loop
-                k, xk = next(program)
-                while True:
-                    k, xk = program.send(ev(xk, k))
-            except StopIteration as stop:
-                x_next, hist_next, d = stop.value
+            x_next, hist_next, d = drive(solver.step(x, hist, st, noise), ev)
         if on_step is not None:
             new = on_step(st, x, hist, x_next, hist_next, d)
             if new is not None:
