@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path as FsPath
 from typing import IO, Any
 
+import torch
+
 __all__ = [
     "ConfigError",
     "file_mode",
@@ -27,6 +29,8 @@ __all__ = [
     "atomic_save_tensors",
     "sha256_file",
     "load_config",
+    "encode_array",
+    "decode_array",
 ]
 
 
@@ -142,3 +146,44 @@ def load_config(path) -> dict:
     if not isinstance(cfg, dict):
         raise ConfigError(f"{p}: the configuration must be a mapping, got {type(cfg).__name__}")
     return cfg
+
+
+def encode_array(a) -> dict:
+    """A float64 array as JSON: ``{"shape": [...], "f64": base64 of its little-endian bytes}`` (bit-exact)."""
+    import base64
+
+    import numpy as np
+
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu().to(torch.float64).numpy()
+    arr = np.ascontiguousarray(np.asarray(a, dtype="<f8"))
+    return {"shape": list(arr.shape), "f64": base64.b64encode(arr.tobytes()).decode("ascii")}
+
+
+def decode_array(d, name: str) -> torch.Tensor:
+    """The float64 tensor of :func:`encode_array`; a malformed value raises ``ValueError`` naming ``name``."""
+    import base64
+    import binascii
+
+    import numpy as np
+
+    if not isinstance(d, dict) or set(d) != {"shape", "f64"}:
+        raise ValueError(f"{name} must be an encoded array {{'shape': [...], 'f64': base64}}, got {_brief(d)}")
+    shape = d["shape"]
+    if not isinstance(shape, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in shape):
+        raise ValueError(f"{name}.shape must be a list of non-negative integers, got {shape!r}")
+    if not isinstance(d["f64"], str):
+        raise ValueError(f"{name}.f64 must be a base64 string")
+    try:
+        raw = base64.b64decode(d["f64"].encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise ValueError(f"{name}.f64 is not valid base64") from None
+    n = int(np.prod(shape)) if shape else 1
+    if len(raw) != 8 * n:
+        raise ValueError(f"{name}.f64 holds {len(raw) // 8} values, its shape {shape} needs {n}")
+    return torch.from_numpy(np.frombuffer(raw, dtype="<f8").astype(np.float64).reshape(shape))
+
+
+def _brief(v) -> str:
+    r = repr(v)
+    return r if len(r) < 60 else r[:57] + "..."
