@@ -28,7 +28,7 @@ from pfode import analytic, paths
 from pfode._checks import as_f64
 from pfode.engine import Tableau
 from pfode.predictions import Coeffs, from_x0_eps
-from pfode.solvers import DEIS, IPNDM, RK4, DPMSolver, Euler, Heun, Midpoint, UniPC
+from pfode.solvers import DEIS, IPNDM, RK4, USF, DPMSolver, Euler, Heun, Midpoint, Rule, UniPC
 from pfode.solvers.base import _REGISTRY
 
 D = 4
@@ -218,6 +218,12 @@ VARIANTS = [
     (IPNDM(3), 3),
     (IPNDM(4, variable_step=False), 2),  # constant-step coefficients on a grid that is not uniform in s
     (DPMSolver(order=2), 2),
+    (USF(1, corrector=True), 2),
+    (USF(2, "eps"), 2),
+    (USF(2, corrector=True), 3),
+    (USF(3), 3),
+    (USF(3, "eps", corrector=True), 4),
+    (USF(rules=[Rule(3, "eps"), Rule(2, "x0", True)] * 80), 3),
 ]
 
 
@@ -569,7 +575,7 @@ def test_sample_caches_prepared_samplers_by_their_arguments():
 
 def test_multistep_is_derived_from_the_plan():
     multi = {n for n in pfode.solvers.available() if pfode.solvers.get(n).multistep}
-    assert multi == {"dpm++2m", "dpm++3m", "unipc", "deis", "ipndm", "dpm++2m-sde"}
+    assert multi == {"dpm++2m", "dpm++3m", "unipc", "deis", "ipndm", "dpm++2m-sde", "usf", "dpm-v3"}
     assert not pfode.solvers.get("unipc", order=1, corrector=False).multistep  # UniP-1 is DDIM
 
 

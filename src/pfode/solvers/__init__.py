@@ -10,6 +10,8 @@ from .base import AdaptiveSolver, Point, Solver, SolverBase, Step, Table, availa
 from .exponential import DDIM, DEIS, IPNDM, DPMSolver, DPMSolverPP2S, DPMSolverPPMultistep, UniPC, phi
 from .rk import RK, RK4, Euler, Heun, Midpoint
 from .stochastic import DPMSolverPP2MSDE, EulerMaruyama
+from .usf import USF, Rule
+from .v3 import EMS, DPMSolverV3, estimate_stats
 
 __all__ = [
     "available",
@@ -38,4 +40,9 @@ __all__ = [
     "EulerMaruyama",
     "DPMSolverPP2MSDE",
     "phi",
+    "USF",
+    "Rule",
+    "DPMSolverV3",
+    "EMS",
+    "estimate_stats",
 ]
