@@ -11,10 +11,11 @@ Quick map:
 * :func:`pfode.invert`, :func:`pfode.bdia_sample` — inversion, exact (BDIA) round trips;
 * :func:`pfode.adjoint_sample` — gradients through the sampler with memory independent of steps;
 * :func:`pfode.cfg`, :func:`pfode.dynamic_thresholding`, :func:`pfode.classifier_guidance` — guidance wrappers;
+* :func:`pfode.tune`, :class:`pfode.Recipe` — few-step samplers fitted to a model (times, rules, analytic skip);
 * :mod:`pfode.metrics` — W2 (exact Gaussian, samples), sliced W2, MMD, straightness.
 """
 
-from . import adjoint, analytic, guidance, likelihood, metrics, paths, solvers
+from . import adjoint, analytic, guidance, likelihood, metrics, paths, solvers, tuning
 from .adjoint import adjoint_sample
 from .grids import as_grid, grid
 from .guidance import cfg, classifier_guidance, dynamic_thresholding
@@ -22,6 +23,7 @@ from .invert import InversionOutput, RoundTrip, bdia_sample, invert, round_trip
 from .likelihood import BitsPerDimOutput, LikelihoodOutput, bits_per_dim, log_likelihood
 from .predictions import Denoiser
 from .sample import NonFiniteError, SampleOutput, Sampler, sample
+from .tuning import GaussianSkip, Recipe, tune
 
 __version__ = "0.1.0"
 
@@ -53,5 +55,9 @@ __all__ = [
     "guidance",
     "analytic",
     "metrics",
+    "tune",
+    "Recipe",
+    "GaussianSkip",
+    "tuning",
     "__version__",
 ]

@@ -15,6 +15,7 @@ from ._checks import check_choice, check_state
 from .grids import resolve
 from .predictions import Denoiser, check_denoiser
 from .solvers.base import Evaluator, Solver, Table, get, run
+from .tuning.recipe import Recipe
 
 __all__ = ["sample", "Sampler", "SampleOutput", "NonFiniteError", "PerSampleNoise"]
 
@@ -110,17 +111,32 @@ class Sampler:
         self,
         denoiser: Denoiser,
         grid=None,
-        solver: str | Solver = "dpm++2m",
+        solver: str | Solver | None = None,
         *,
         nfe: int | None = None,
         spacing: str = "logsnr",
         t_start: float | None = None,
         t_end: float | None = None,
         denoise: bool = True,
+        recipe=None,
     ):
         check_denoiser(denoiser)
         self.denoiser = denoiser
-        solver = get(solver)
+        if isinstance(grid, Recipe):
+            if recipe is not None:
+                raise ValueError("give the recipe once (as grid or as recipe=)")
+            recipe, grid = grid, None
+        self.recipe = recipe
+        if recipe is not None:
+            if not isinstance(recipe, Recipe):
+                raise TypeError(f"recipe must be a pfode.Recipe (pfode.Recipe.load(file)), got {type(recipe).__name__}")
+            given = {"grid": grid, "solver": solver, "nfe": nfe, "t_start": t_start, "t_end": t_end}
+            clash = [k for k, v in given.items() if v is not None] + (["spacing"] if spacing != "logsnr" else [])
+            if clash:
+                raise ValueError(f"a recipe fixes the times and the solver; do not also give {', '.join(clash)}")
+            recipe.check(denoiser.path)
+            grid, solver, denoise = recipe.grid(), recipe.solver(), recipe.denoise
+        solver = get("dpm++2m" if solver is None else solver)
         self.grid, self.solver = resolve(
             denoiser.path, solver, grid, nfe, spacing=spacing, t_start=t_start, t_end=t_end, denoise=denoise
         )
@@ -163,6 +179,9 @@ class Sampler:
         params=None,
     ):
         check_state("x_T", x_T)
+        if self.recipe is not None:
+            self.recipe.check(self.denoiser.path, x_T)
+            x_T = self.recipe.start(x_T, self.denoiser.path)
         if gradient != "backprop":
             if callback is not None or return_trajectory:
                 raise ValueError(f"gradient={gradient!r} supports neither callback nor return_trajectory")
@@ -292,7 +311,7 @@ def sample(
     denoiser: Denoiser,
     x_T: torch.Tensor,
     grid=None,
-    solver: str | Solver = "dpm++2m",
+    solver: str | Solver | None = None,
     *,
     nfe: int | None = None,
     spacing: str = "logsnr",
@@ -313,8 +332,9 @@ def sample(
     Args:
         denoiser: a :class:`pfode.Denoiser` (any path, any prediction type).
         x_T: starting state ``[B, ...]`` at ``grid[0]`` (e.g. ``sigma(t_max) * randn``).
-        grid: decreasing path times (:func:`pfode.grid` or a tensor); or leave it out and give ``nfe``.
-        solver: a name from :func:`pfode.solvers.available` or a solver object.
+        grid: decreasing path times (:func:`pfode.grid` or a tensor), or a tuned :class:`pfode.Recipe` (it fixes
+            the times, the solver and the final denoising step); or leave it out and give ``nfe``.
+        solver: a name from :func:`pfode.solvers.available` or a solver object (default ``"dpm++2m"``).
         nfe: network evaluations to spend; builds a ``spacing`` grid from ``t_start`` (default
             ``t_max``) to ``t_end`` (default ``t_min``) with the matching number of steps.
         denoise: finish with the denoising step ``x0_hat`` to zero noise after the grid's last time
