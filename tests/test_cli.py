@@ -251,3 +251,27 @@ def test_file_and_config_errors(tmp_path, capsys, monkeypatch):
 def test_verbose_shows_the_traceback(tmp_path):
     r = run("sample", "--model", "missing.json", "--verbose", cwd=tmp_path)
     assert r.returncode == 1 and "Traceback" in r.stderr and "pfode: error:" in r.stderr
+
+
+def test_tune_then_sample_with_the_recipe(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = ["--model", "analytic:gmm:4:3"]
+    out = ok(run("tune", *model, "--nfe", "3", "--n", "8", "--held-out", "4", "--budget", "30", "--teacher", "ddim",
+                 "--teacher-nfe", "40", "--quiet", "--out", "r.json", cwd=tmp_path))
+    assert "untuned best" in out and "recipe" in out and "held-out" in out
+    d = json.loads((tmp_path / "r.json").read_text())
+    assert d["schema"] == "pfode.recipe" and d["meta"]["nfe"] == 3
+    out = ok(run("sample", *model, "--recipe", "r.json", "--n", "16", "--out", "s.npz", cwd=tmp_path))
+    assert "(3 NFE)" in out
+    assert np.load(tmp_path / "s.npz")["samples"].shape == (16, 4)
+    # errors: nothing written on failure
+    fails_in(capsys, 2, ["tune", *model, "--nfe", "1", "--out", "x.json"], "--nfe 1")
+    fails_in(capsys, 2, ["tune", *model, "--parts", "times,nope", "--out", "x.json"], "--parts")
+    fails_in(capsys, 1, ["tune", *model, "--out", "r.json"], "exists")
+    fails_in(capsys, 2, ["sample", *model, "--recipe", "r.json", "--nfe", "4"], "--recipe fixes")
+    vp = ["sample", "--model", "analytic:gmm:4:3", "--path", "vp", "--recipe", "r.json"]
+    fails_in(capsys, 1, vp, "tuned for the path")
+    fails_in(capsys, 1, ["sample", "--model", "analytic:gmm:5:3", "--recipe", "r.json"], "shape")
+    (tmp_path / "bad.json").write_text('{"schema": "pfode.recipe", "version": 7}')
+    fails_in(capsys, 1, ["sample", *model, "--recipe", "bad.json"], "version=7")
+    assert not (tmp_path / "x.json").exists()

@@ -1,4 +1,4 @@
-"""The ``pfode`` command line: sample, train, reflow, nll, invert, bench, info (one module per command).
+"""The ``pfode`` command line: sample, tune, train, reflow, nll, invert, bench, info (one module per command).
 
 ``pfode COMMAND --help`` describes each command. Models are given as ``--model``:
 
@@ -22,12 +22,12 @@ import os
 import sys
 import traceback
 
-from . import bench, info, invert, nll, reflow, sample, train
+from . import bench, info, invert, nll, reflow, sample, train, tune
 from .common import PROG, CLIError, Parser, UsageError, common_options, describe, one_line
 
 __all__ = ["main", "build_parser", "CLIError", "UsageError"]
 
-COMMANDS = (sample, train, reflow, nll, invert, bench, info)
+COMMANDS = (sample, tune, train, reflow, nll, invert, bench, info)
 
 
 def build_parser() -> Parser:
