@@ -507,3 +507,49 @@ def test_dpmsolver_sigma_min_final_matches_lower_order_final(steps):
         z = pfode.sample(pfd.denoiser(unet, sch.config), x, grid, "dpm++2m", denoise=denoise)
     assert not denoise
     assert float((z - y).norm() / y.norm()) < 1e-4
+
+
+def _recipe_for(den, skip: bool):
+    """A hand-built recipe for ``den``'s path (tuning is tested in test_tuning.py)."""
+    from pfode.solvers import Rule
+    from pfode.tuning import GaussianSkip, Recipe
+
+    path = den.path
+    times = tuple(pfode.grid(path, 3, "logsnr", t_start=0.6 if skip else path.t_max, t_end=0.05).tolist())
+    g = GaussianSkip.from_samples(torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(3)) * 0.5, rank=8)
+    return Recipe(times=times, rules=(Rule(1), Rule(2, "eps"), Rule(2, "x0", True)), path=path.spec(),
+                  shape=(3, 8, 8), t_start=path.t_max if skip else None, skip=g if skip else None)
+
+
+def test_recipe_in_the_scheduler_and_pipelines(unet, noise, tmp_path):
+    cfg = DDPMScheduler(prediction_type="epsilon").config
+    den = pfd.denoiser(unet, cfg)
+    for skip in (False, True):
+        r = _recipe_for(den, skip)
+        with torch.no_grad():
+            ref = pfode.sample(den, noise, r)
+        sched = pfd.PFODEScheduler.from_config(cfg, recipe=r)
+        sched.set_timesteps()
+        assert len(sched.timesteps) == r.nfe
+        x = noise
+        with torch.no_grad():  # the loop of pipelines that call scale_model_input (Stable Diffusion)
+            for t in sched.timesteps:
+                x = sched.step(unet(sched.scale_model_input(x, t), t).sample, t, x).prev_sample
+        assert _rel(x, ref) < 1e-6
+        # the config stays JSON and brings the recipe back
+        sched.save_config(tmp_path / f"s{skip}")
+        again = pfd.PFODEScheduler.from_config(pfd.PFODEScheduler.load_config(tmp_path / f"s{skip}"))
+        assert again._recipe.times == r.times
+        with pytest.raises(ValueError, match="recipe has 3 steps"):
+            sched.set_timesteps(5)
+    # DDPMPipeline does not call scale_model_input: fine without an analytic segment, a clear error with one
+    pipe = DDPMPipeline(unet=unet, scheduler=pfd.PFODEScheduler.from_config(cfg, recipe=_recipe_for(den, False)))
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe(batch_size=2, num_inference_steps=3, output_type="pt").images.shape == (2, 3, 8, 8)
+    pipe.scheduler = pfd.PFODEScheduler.from_config(cfg, recipe=_recipe_for(den, True))
+    with pytest.raises(ValueError, match="scale_model_input"):
+        pipe(batch_size=2, num_inference_steps=3, output_type="pt")
+    # another path is refused
+    with pytest.raises(ValueError, match="tuned for the path"):
+        cos = DDPMScheduler(beta_schedule="squaredcos_cap_v2").config
+        pfd.PFODEScheduler.from_config(cos, recipe=_recipe_for(den, False))

@@ -136,8 +136,8 @@ def test_every_sampler_solves_a_gaussian():
         solver = pfode.solvers.get(name)
         out = getattr(kd, fname)(model, x.clone(), sigmas, generator=torch.Generator().manual_seed(5))
         assert out.shape == x.shape and bool(torch.isfinite(out).all()), fname
-        if not solver.stochastic:  # 32 Karras steps: first order within 10%, higher orders within 1%
-            assert _rel(out, exact) < (0.1 if solver.order == 1 else 1e-2), (fname, _rel(out, exact))
+        if not solver.stochastic:  # 32 Karras steps: first order within 10%, second 2%, higher orders 1%
+            assert _rel(out, exact) < {1: 0.1, 2: 2e-2}.get(solver.order, 1e-2), (fname, _rel(out, exact))
 
 
 def test_single_step_to_zero_is_the_denoiser(mixture):
@@ -242,3 +242,23 @@ def test_flow_matching_conventions_agree(gauss):
         flow_matching.denoiser(v1, data_at=2)
     with pytest.raises(ValueError, match="signature"):
         flow_matching.denoiser(v1, signature="yx")
+
+
+def test_sample_recipe_runs_a_tuned_recipe(tmp_path):
+    from pfode.tuning import Recipe
+
+    g = Gaussian(torch.tensor([0.5, -1.0, 2.0]), torch.diag(torch.tensor([0.3, 1.0, 2.0])))
+    model = _kmodel(g)
+    den = kd.denoiser(model)
+    r = pfode.tune(den, 4, shape=(3,), n=8, held_out=4, dtype=torch.float64, budget=40, rounds=1, teacher="ddim",
+                   teacher_nfe=50)
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * r.t_start
+    seen = []
+    out = kd.sample_recipe(model, x, r, callback=seen.append)
+    assert torch.equal(out, pfode.sample(den, x, r))
+    assert len(seen) == r.nfe and {"x", "i", "sigma", "sigma_hat", "denoised"} <= set(seen[0])
+    r.save(tmp_path / "r.json")
+    assert torch.equal(kd.sample_recipe(model, x, tmp_path / "r.json"), out)
+    with pytest.raises(ValueError, match="tuned for the path"):  # other sigma_min/sigma_max: another path
+        model.sigma_max = 10.0
+        kd.sample_recipe(model, x, Recipe.load(tmp_path / "r.json"))

@@ -525,6 +525,12 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
         final_sigma: ``"zero"`` (finish with the step to zero noise, which returns ``x0_hat``) or
             ``"sigma_min"`` (stop at the least noisy training time).
         rho: exponent of the ``"karras"`` spacing.
+        recipe: a tuned :class:`pfode.Recipe` (or its dict, or a recipe file) for this model's path
+            (``pfode.tune(pfode.integrations.diffusers.denoiser(unet, config), nfe, shape=...)``): it fixes the
+            times, the per-step rules and the final denoising step, in place of ``solver`` and ``spacing``
+            (``num_inference_steps`` may be left out). Its analytic first segment is applied where the pipeline
+            calls :meth:`scale_model_input` at the first timestep (diffusers pipelines do) and to the state of the
+            first :meth:`step`.
 
     ``num_inference_steps`` counts solver steps: a one-evaluation solver makes that many model calls; a
     solver with ``k`` evaluations per step exposes its intermediate times in ``timesteps`` as diffusers'
@@ -569,6 +575,7 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
         spacing: str = "logsnr",
         final_sigma: str = "zero",
         rho: float = 7.0,
+        recipe=None,
     ):
         check_choice("family", family, ("ddpm", "flow"))
         check_choice("final_sigma", final_sigma, _FINAL_SIGMAS)
@@ -592,6 +599,23 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
                 f"solver={solver!r} is adaptive and cannot be driven step by step; pick a fixed-step solver"
             )
         self._spec = path_from_config(dict(self.config), learned_variance="drop")
+        self._recipe = None
+        self._skip_seen = False
+        if recipe is not None:
+            from ..tuning import Recipe
+
+            if isinstance(recipe, dict):
+                recipe = Recipe.from_dict(recipe)
+            elif isinstance(recipe, (str, bytes)) or hasattr(recipe, "__fspath__"):
+                recipe = Recipe.load(recipe)
+            if not isinstance(recipe, Recipe):
+                raise TypeError(
+                    f"recipe must be a pfode.Recipe, its dict or a recipe file, got {type(recipe).__name__}"
+                )
+            recipe.check(self._spec.path)
+            self._recipe = recipe
+            self._solver = recipe.solver()
+            self.register_to_config(recipe=recipe.to_dict())  # the config stays JSON
         self._pred = get_prediction(self._spec.prediction)
         self.order = self._solver.evals_per_step
         self.num_inference_steps = None
@@ -640,7 +664,13 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
         return self.config.num_train_timesteps
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
-        """Identity: the model sees the path's own state ``x_t``."""
+        """Identity: the model sees the path's own state ``x_t``; with a recipe's analytic first segment, the
+        noise at the first timestep is carried along it first."""
+        r = self._recipe
+        if r is not None and r.skip is not None and timestep is not None and self._prog is not None:
+            if self._matches(float(torch.as_tensor(timestep).detach().flatten()[0]), 0):
+                self._skip_seen = True
+                return r.start(sample, self._spec.path)
         return sample
 
     # -- grids ---------------------------------------------------------------------------------
@@ -741,13 +771,23 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
         """
         if timesteps is not None and sigmas is not None:
             raise ValueError("give timesteps= or sigmas=, not both")
-        if timesteps is None and sigmas is None:
+        if self._recipe is not None:
+            steps = self._recipe.steps
+            if timesteps is not None or sigmas is not None:
+                raise ValueError("this scheduler runs a recipe: its times are fixed (no timesteps= or sigmas=)")
+            if num_inference_steps is not None and num_inference_steps != steps:
+                raise ValueError(f"num_inference_steps={num_inference_steps}: the recipe has {steps} steps "
+                                 f"({self._recipe.nfe} evaluations); pass {steps} or leave it out")
+        elif timesteps is None and sigmas is None:
             if num_inference_steps is None:
                 raise ValueError("give num_inference_steps (or custom timesteps= / sigmas=)")
             check_int("num_inference_steps", num_inference_steps, 1)
             if self._spec.use_dynamic_shifting and mu is None and self.config.spacing not in ("logsnr", "karras"):
                 raise ValueError("mu must be passed to set_timesteps when use_dynamic_shifting=True")
-        g, zero = self._build_grid(num_inference_steps, timesteps, sigmas, mu)
+        if self._recipe is not None:
+            g, zero = self._recipe.grid(), self._recipe.denoise
+        else:
+            g, zero = self._build_grid(num_inference_steps, timesteps, sigmas, mu)
         prog = _Program(self._solver, self._spec, g, zero)
         self._prog, self._sub, self._run = prog, {}, None
         self._begin_index = None
@@ -831,6 +871,15 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
             x_in = run.stage
         else:  # a new run, or the pipeline edited the latents
             x_in = sample.to(work)
+            if run.pos == 0 and run.offset == 0 and self._recipe is not None and self._recipe.skip is not None:
+                if not self._skip_seen:
+                    raise ValueError(
+                        "the recipe's analytic first segment needs the pipeline to call scheduler.scale_model_input"
+                        "(latents, t) before the model (this one did not); tune with skip=False for it, or start from "
+                        "recipe.start(latents, path)"
+                    )
+                self._skip_seen = False
+                x_in = self._recipe.start(x_in, self._spec.path)
             if run.pos == run.prog.first[run.m]:  # at the start of a solver step: the given sample is its state
                 self._begin(run, x_in)
         out = _match_channels(_unwrap_output(model_output), sample).to(work)

@@ -19,6 +19,9 @@ Solver names map to identifiers by ``"++" -> "pp_"`` and ``"-" -> "_"``: ``dpm++
 takes ``sigmas`` like every other sampler (k-diffusion's own takes ``sigma_min, sigma_max, n``), and
 ``sample_dpm2`` is pfode's DPM-Solver-2 (k-diffusion's ``sample_dpm_2`` is a different method).
 
+:func:`sample_recipe` runs a tuned :class:`pfode.Recipe` (``pfode.tune`` on :func:`denoiser` of the model) in
+place of ``sigmas``.
+
 Conventions, as in k-diffusion:
 
 * ``sigmas`` is the decreasing noise schedule; ending it with ``0`` (``get_sigmas_karras`` and friends do)
@@ -49,7 +52,8 @@ from ..paths import EDM
 from ..predictions import Denoiser
 from ..sample import sample as pf_sample
 
-__all__ = ["denoiser", "sampler_name", "SAMPLERS", "load_sampling"]  # the sample_* functions are added below
+# the sample_* functions are added below
+__all__ = ["denoiser", "sampler_name", "SAMPLERS", "load_sampling", "sample_recipe"]
 
 _K_SAMPLING = None
 
@@ -214,6 +218,29 @@ def _make_sampler(name: str):
     )
     sampler.solver_name = name
     return sampler
+
+
+@torch.no_grad()
+def sample_recipe(model, x, recipe, extra_args=None, callback=None, disable=None):
+    """Run a tuned :class:`pfode.Recipe` with k-diffusion's sampler signature, the recipe in place of ``sigmas``.
+
+    Tune it on the same wrapped model, ``pfode.tune(pfode.integrations.k_diffusion.denoiser(model), nfe,
+    shape=...)``; ``x`` is the start state at the recipe's first noise level ``recipe.t_start`` (a sigma). A
+    recipe tuned for another path (other ``sigma_min``/``sigma_max``) or sample shape is refused.
+    """
+    from ..tuning import Recipe
+
+    if isinstance(recipe, (str, bytes)) or hasattr(recipe, "__fspath__"):
+        recipe = Recipe.load(recipe)
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a pfode.Recipe or a recipe file, got {type(recipe).__name__}")
+    den = denoiser(model)
+
+    def to_k(info):
+        s = torch.tensor(info["t"], dtype=x.dtype)
+        callback({"x": info["x"], "i": info["i"], "sigma": s, "sigma_hat": s, "denoised": info["x0_hat"]})
+
+    return pf_sample(den, x, recipe, callback=None if callback is None else to_k, cond=dict(extra_args or {}))
 
 
 #: k-diffusion-style function name -> pfode solver name
