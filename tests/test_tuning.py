@@ -38,6 +38,8 @@ def tuned(gauss):
 
 def test_recipe_beats_the_untuned_grid_on_held_out_noise(tuned):
     den, r = tuned
+    phases = [h["phase"] for h in r.meta["history"]]
+    assert "times round 1" in phases and "rules round 1" in phases  # one round still sweeps the rules
     base = r.meta["untuned_best"]
     assert r.nfe == 4 and r.meta["nfe"] == 4
     assert math.isfinite(r.meta["held_out_error"]) and base["held_out_error"] > 1e-6

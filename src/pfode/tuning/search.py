@@ -139,16 +139,21 @@ class _Times:
         return np.log(inc[:-1]) - np.log(inc[-1])
 
 
-def _minimize_times(pb: _Problem, par: _Times, z0: np.ndarray, make, iters: int) -> tuple[np.ndarray, float]:
+def _minimize_times(
+    pb: _Problem, par: _Times, z0: np.ndarray, make, iters: int, cap: int | None = None
+) -> tuple[np.ndarray, float]:
     """L-BFGS-B on the logits with forward finite differences through the whole sampler (until ``iters`` or the
     budget runs out)."""
     from scipy.optimize import minimize
 
     cache: dict = {}
+    start = pb.evals
 
     def f(z):
         key = tuple(np.round(z, 12))
         if key not in cache:
+            if cap is not None and pb.evals - start >= cap:
+                raise _Spent  # this round's share of the budget is spent
             cache[key] = pb.error(make(par.lams(z)))
         return cache[key]
 
@@ -264,8 +269,11 @@ def tune(
         cond: conditioning passed to the network.
         dtype, device: of the noises (the model's dtype and device).
         x_T: the noises themselves ``[n + held_out, *shape]`` instead of drawing them.
-        budget: the most sampler runs the search may spend (each costs ``nfe`` evaluations on the tuning set).
-        rounds: alternations of the times and the per-step rules.
+        budget: the most sampler runs the search may spend (each costs ``nfe`` evaluations on the tuning set);
+            the initial scans (standard spacings at up to six end times, the constant rules, seven ends of the
+            analytic segment) and the final train and held-out evaluations always run and count towards it.
+        rounds: alternations of the times and the per-step rules (a single round keeps budget for one sweep
+            of the rules; with more, the rules are swept after each round of the times that leaves budget).
         progress: show a progress bar.
     """
     from ..grids import _bounds
@@ -506,9 +514,14 @@ def _rounds(pb, steps, do_times, do_rules, make, options, rules, lams, use_skip,
     z = par.logits(lams)
     for rnd in range(rounds):
         if do_times and pb.budget_left() > 0:
-            share = pb.budget_left() // 2 if rnd + 1 < rounds else pb.budget_left()
+            reserve = 0
+            if rnd + 1 < rounds:  # a soft share: L-BFGS may run past it, within the whole budget
+                share = pb.budget_left() // 2
+            else:  # the last round; a single round keeps one sweep of the rules (a hard share)
+                reserve = steps * len(options) if do_rules and rounds == 1 else 0
+                share = max(pb.budget_left() - reserve, par.dim + 1)
             iters = max(3, min(60, share // (par.dim + 1)))
-            z, e = _minimize_times(pb, par, z, lambda ls, rs=rules: make(ls, rs), iters)
+            z, e = _minimize_times(pb, par, z, lambda ls, rs=rules: make(ls, rs), iters, cap=share if reserve else None)
             best = min(best, e)
             history.append({"phase": f"times round {rnd + 1}", "train_error": e})
         if do_rules and pb.budget_left() > 0:
