@@ -248,6 +248,20 @@ def test_file_and_config_errors(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "runs").exists()  # nothing was created for the invalid runs
 
 
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path, capsys, monkeypatch):
+    """A "billion laughs" config (nine levels of aliases, 10^9 leaves) is refused at the first alias."""
+    lines = ['a0: &a0 ["lol"]'] + [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 10)]
+    (tmp_path / "laughs.yaml").write_text(TINY + "\n".join(lines) + "\n")
+    monkeypatch.chdir(tmp_path)
+    fails_in(capsys, 1, ["train", "laughs.yaml"], "aliases (*a0) are not allowed", "line 7")
+    # --set values are read with the same loader
+    from pfode.io import yaml_load
+
+    with pytest.raises(Exception, match="aliases"):
+        yaml_load("[&x [1, 2], *x]")
+    assert yaml_load("a: &x 1") == {"a": 1}  # an anchor alone is harmless
+
+
 def test_verbose_shows_the_traceback(tmp_path):
     r = run("sample", "--model", "missing.json", "--verbose", cwd=tmp_path)
     assert r.returncode == 1 and "Traceback" in r.stderr and "pfode: error:" in r.stderr

@@ -31,6 +31,7 @@ __all__ = [
     "load_config",
     "encode_array",
     "decode_array",
+    "yaml_load",
 ]
 
 
@@ -137,7 +138,7 @@ def load_config(path) -> dict:
         import yaml
 
         try:
-            cfg = yaml.safe_load(text)
+            cfg = yaml_load(text)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -146,6 +147,24 @@ def load_config(path) -> dict:
     if not isinstance(cfg, dict):
         raise ConfigError(f"{p}: the configuration must be a mapping, got {type(cfg).__name__}")
     return cfg
+
+
+def yaml_load(text: str):
+    """``yaml.safe_load`` that refuses aliases (``*name``): a few lines of nested aliases expand without bound
+    (the "billion laughs"), and a configuration never needs them. Raises ``yaml.YAMLError`` with the line."""
+    import yaml
+
+    class NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.events.AliasEvent):
+                ev = self.peek_event()
+                raise yaml.composer.ComposerError(
+                    None, None, f"aliases (*{ev.anchor}) are not allowed in configurations; write the value out",
+                    ev.start_mark,
+                )
+            return super().compose_node(parent, index)
+
+    return yaml.load(text, Loader=NoAliases)  # noqa: S506 - a SafeLoader subclass
 
 
 def encode_array(a) -> dict:

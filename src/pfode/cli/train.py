@@ -124,6 +124,8 @@ def add_run_flags(p: argparse.ArgumentParser, force_help: str):
 def apply_overrides(cfg: dict, args) -> dict:
     import yaml
 
+    from ..io import yaml_load
+
     cfg = json.loads(json.dumps(cfg))
     train = cfg["train"] = dict(cfg.get("train") or {})
     for f in _train_fields():
@@ -140,7 +142,7 @@ def apply_overrides(cfg: dict, args) -> dict:
         if len(parts) < 2:
             raise UsageError(f"--set {s!r}: the key must name a section and an entry, e.g. model.width")
         try:
-            value = yaml.safe_load(val)
+            value = yaml_load(val)
         except yaml.YAMLError:
             value = val
         node = cfg
