@@ -539,8 +539,10 @@ def test_bad_x_T():
     den = paths_linear_den()
     with pytest.raises(TypeError, match="floating"):
         pfode.sample(den, torch.ones(2, 2, dtype=torch.long), nfe=5)
-    with pytest.raises(ValueError, match="batch"):
+    with pytest.raises(ValueError, match="batch dimension first, got a scalar"):
         pfode.sample(den, torch.tensor(1.0), nfe=5)
+    with pytest.raises(ValueError, match="empty batch"):
+        pfode.sample(den, torch.zeros(0, 2), nfe=5)
     with pytest.raises(ValueError, match="non-finite"):
         pfode.sample(den, torch.tensor([[float("nan"), 0.0]]), nfe=5)
     with pytest.raises(ValueError, match="features"):

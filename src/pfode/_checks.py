@@ -55,8 +55,10 @@ def check_state(name: str, x) -> torch.Tensor:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if x.dim() < 1 or x.shape[0] < 1:
-        raise ValueError(f"{name} must have a batch dimension first, got shape {tuple(x.shape)}")
+    if x.dim() < 1:
+        raise ValueError(f"{name} must have a batch dimension first, got a scalar (shape {tuple(x.shape)})")
+    if x.shape[0] < 1:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}): give at least one sample")
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} has non-finite values (NaN or inf)")
     return x
