@@ -211,3 +211,19 @@ def test_as_grid_bad_shape_or_type():
         pfode.as_grid(P.VP(), [0.5])
     with pytest.raises(ValueError, match="grid must be 1-D"):
         pfode.as_grid(P.VP(), [[1.0, 0.5], [0.4, 0.1]])
+
+
+def test_an_adaptive_solver_needs_only_the_ends():
+    """sample(solver="dopri5") without grid or nfe integrates from t_start to t_end (no contradictory advice)."""
+    from pfode.analytic import Gaussian
+
+    g = Gaussian(torch.zeros(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64) * 0.5)
+    path = P.VP()
+    den = g.denoiser(path)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    out = pfode.sample(den, x, solver="dopri5", return_info=True)
+    assert out.times[:2] == [path.t_max, path.t_min]
+    want = pfode.sample(den, x, torch.tensor([path.t_max, path.t_min], dtype=torch.float64), "dopri5")
+    assert torch.equal(out.x, want)
+    half = pfode.sample(den, x, solver="dopri5", t_start=0.5, return_info=True)
+    assert half.times[0] == 0.5

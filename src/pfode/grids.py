@@ -140,13 +140,17 @@ def resolve(
 ):
     """The one resolution of a run request into ``(grid, solver)``; every entry point calls it.
 
-    Give ``grid`` (decreasing path times) or ``nfe`` (network evaluations: the ``spacing`` grid from
-    ``t_start`` to ``t_end`` with as many steps as ``solver`` can spend exactly, plus one for the final
+    An adaptive solver (dopri5) needs neither: it integrates from ``t_start`` to ``t_end`` (default the path's
+    ``t_max`` and ``t_min``). Otherwise give ``grid`` (decreasing path times) or ``nfe`` (network evaluations: the
+    ``spacing`` grid from ``t_start`` to ``t_end`` with as many steps as ``solver`` can spend exactly, plus one for the final
     denoising step when ``denoise``). ``solver.for_nfe`` may return another solver object for that budget
     (e.g. DPM-Solver-fast's order list). ``steps`` is never a number of evaluations: pass ``nfe`` for that.
     """
     if grid is not None and nfe is not None:
         raise ValueError("give either grid= or nfe=, not both")
+    if grid is None and nfe is None and solver.adaptive:  # an adaptive solver needs only the two ends
+        ts, te = _bounds(path, t_start, t_end)
+        return torch.tensor([ts, te], dtype=torch.float64), solver
     if grid is None:
         if nfe is None:
             raise ValueError("give grid= (pfode.grid(path, steps)) or nfe= (evaluations to spend)")
