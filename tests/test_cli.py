@@ -289,3 +289,11 @@ def test_tune_then_sample_with_the_recipe(tmp_path, capsys, monkeypatch):
     (tmp_path / "bad.json").write_text('{"schema": "pfode.recipe", "version": 7}')
     fails_in(capsys, 1, ["sample", *model, "--recipe", "bad.json"], "version=7")
     assert not (tmp_path / "x.json").exists()
+
+
+def test_out_under_a_file_names_the_file(tmp_path, capsys, monkeypatch):
+    """A parent of --out that is a file is named as such, with or without --force."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "f").write_text("x")
+    for extra in ([], ["--force"]):
+        fails_in(capsys, 1, ["sample", "--out", "f/s.png", *extra], "f is a file, not a folder")

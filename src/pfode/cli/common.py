@@ -141,6 +141,11 @@ def check_output(path, force: bool, suffixes: tuple[str, ...], what: str = "--ou
     p = FsPath(os.fspath(path))
     if suffixes and p.suffix.lower() not in suffixes:
         raise UsageError(f"{what} {p}: the file name must end in {' or '.join(suffixes)}")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CLIError(f"{what} {p}: {parent} is a file, not a folder")
+            break
     if p.exists() and not force:
         raise CLIError(f"{p} exists; pass --force to overwrite it")
     if p.exists() and p.is_dir():
