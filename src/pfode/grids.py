@@ -142,8 +142,8 @@ def resolve(
 
     An adaptive solver (dopri5) needs neither: it integrates from ``t_start`` to ``t_end`` (default the path's
     ``t_max`` and ``t_min``). Otherwise give ``grid`` (decreasing path times) or ``nfe`` (network evaluations: the
-    ``spacing`` grid from ``t_start`` to ``t_end`` with as many steps as ``solver`` can spend exactly, plus one for the final
-    denoising step when ``denoise``). ``solver.for_nfe`` may return another solver object for that budget
+    ``spacing`` grid from ``t_start`` to ``t_end`` with as many steps as ``solver`` can spend exactly, plus one
+    for the final denoising step when ``denoise``). ``solver.for_nfe`` may return another solver object for that budget
     (e.g. DPM-Solver-fast's order list). ``steps`` is never a number of evaluations: pass ``nfe`` for that.
     """
     if grid is not None and nfe is not None:
