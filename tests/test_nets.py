@@ -82,3 +82,10 @@ def test_shape_errors_are_clear():
     with pytest.raises(ValueError, match="valid names: mlp, unet"):
         build("resnet")
     assert set(NETS) == {"mlp", "unet"}
+
+
+def test_unknown_network_option_is_named():
+    from pfode import nets
+
+    with pytest.raises(ValueError, match="network 'unet' has no option 'widht'; valid options: .*base"):
+        nets.build("unet", widht=16)

@@ -21,4 +21,14 @@ def build(name: str, **options):
     """Build a reference network by name (``"mlp"`` or ``"unet"``) with keyword options."""
     if not isinstance(name, str) or name not in NETS:
         raise ValueError(f"network name={name!r} is unknown; valid names: {', '.join(sorted(NETS))}")
+    import inspect
+
+    params = inspect.signature(NETS[name].__init__).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        valid = [k for k in params if k != "self"]
+        bad = sorted(set(options) - set(valid))
+        if bad:
+            raise ValueError(
+                f"network {name!r} has no option {', '.join(map(repr, bad))}; valid options: {', '.join(valid)}"
+            )
     return NETS[name](**options)
