@@ -534,6 +534,16 @@ def test_nan_from_network_names_step_and_time():
     with pytest.raises(pfode.NonFiniteError, match="step 3"):
         sampler(torch.randn(2, 2))
 
+    calls = []
+
+    def flaky(x, t):  # NaN on its third call only: a replay is finite
+        calls.append(1)
+        out = target.x0_eps(x, t, path)[0].to(x.dtype)
+        return out * float("nan") if len(calls) == 3 else out
+
+    with pytest.raises(pfode.NonFiniteError, match="replay of the same call was.*not deterministic"):
+        pfode.sample(pfode.Denoiser(flaky, path, prediction="x0"), torch.randn(2, 2), g, "dpm++2m")
+
 
 def test_bad_x_T():
     den = paths_linear_den()

@@ -227,7 +227,7 @@ class Sampler:
         if noise is not None:
             noise.k = 0
         flags: list[bool] = []
-        self._loop(x_T, self._evaluator(x_T, cond), noise, None, False, flags)
+        replayed, _ = self._loop(x_T, self._evaluator(x_T, cond), noise, None, False, flags)
         name = self.solver.name
         if False in flags:
             k = flags.index(False)
@@ -235,7 +235,13 @@ class Sampler:
                 f"the network returned non-finite values at step {k} (t={self.table[k].t:.6g}) with solver "
                 f"{name!r}; check the network and its inputs at that time"
             )
-        raise NonFiniteError(f"solver {name!r} produced non-finite values (the network's outputs were finite)")
+        if not bool(torch.isfinite(replayed).all()):
+            raise NonFiniteError(f"solver {name!r} produced non-finite values (the network's outputs were finite)")
+        raise NonFiniteError(
+            f"the result of solver {name!r} was not finite, but a replay of the same call was: the network's "
+            "outputs are not deterministic (dropout or batch statistics in training mode? call model.eval()) "
+            "or it returns non-finite values intermittently"
+        )
 
     def _adaptive(self, x_T, cond, callback, return_trajectory, return_info, check_finite):
         g = self.grid
