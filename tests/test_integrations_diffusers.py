@@ -553,3 +553,20 @@ def test_recipe_in_the_scheduler_and_pipelines(unet, noise, tmp_path):
     with pytest.raises(ValueError, match="tuned for the path"):
         cos = DDPMScheduler(beta_schedule="squaredcos_cap_v2").config
         pfd.PFODEScheduler.from_config(cos, recipe=_recipe_for(den, False))
+
+
+def test_schedule_attributes_pipelines_read():
+    """betas, alphas, alphas_cumprod, final_alpha_cumprod, sigma_min and sigma_max as diffusers has them."""
+    for schedule in SCHEDULES:
+        ref = DDPMScheduler(beta_schedule=schedule)
+        ours = pfd.PFODEScheduler.from_config(ref.config)
+        assert torch.equal(ours.betas, ref.betas) and torch.equal(ours.alphas, ref.alphas)
+        assert torch.allclose(ours.alphas_cumprod, ref.alphas_cumprod, rtol=1e-6, atol=0)
+        assert float(ours.final_alpha_cumprod) == 1.0
+        k = diffusers.EulerDiscreteScheduler.from_config(ref.config)  # sigma_min/max live on sigma schedulers
+        assert ours.sigma_min == pytest.approx(float(k.sigmas[-2]), rel=1e-6)
+        assert ours.sigma_max == pytest.approx(float(k.sigmas[0]), rel=1e-6)
+    flow = pfd.PFODEScheduler.from_config(FlowMatchEulerDiscreteScheduler(shift=3.0).config)
+    assert flow.sigma_max == 1.0 and 0 < flow.sigma_min < 0.01
+    with pytest.raises(AttributeError, match="betas"):  # not a DDPM-style schedule
+        _ = flow.betas

@@ -644,6 +644,51 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
     def solver(self) -> Solver:
         return self._solver
 
+    # the training schedule, under the names diffusers schedulers use (pipelines read them: ledits_pp reads
+    # ``alphas_cumprod``, stable_cascade ``betas``)
+    def _ddpm_only(self, name: str):
+        if self._spec.family != "ddpm":
+            raise AttributeError(f"{name} belongs to DDPM-style (beta) schedules; this scheduler is flow matching")
+
+    @property
+    def betas(self) -> torch.Tensor:
+        """The training betas (float32, as diffusers builds them)."""
+        self._ddpm_only("betas")
+        return betas_from_config(self.config)
+
+    @property
+    def alphas(self) -> torch.Tensor:
+        """``1 - betas``."""
+        return 1.0 - self.betas
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """``cumprod(1 - betas)``: ``alpha(t)^2`` at the training timesteps."""
+        return torch.cumprod(self.alphas, dim=0)
+
+    @property
+    def final_alpha_cumprod(self) -> torch.Tensor:
+        """``alpha^2`` after the last step: 1 when the run ends at zero noise, else ``alphas_cumprod[0]``."""
+        self._ddpm_only("final_alpha_cumprod")
+        return torch.tensor(1.0) if self.config.final_sigma == "zero" else self.alphas_cumprod[0]
+
+    @property
+    def sigma_min(self) -> float:
+        """Least training noise level: ``sigma/alpha`` at timestep 0 (DDPM, from the float32 ``alphas_cumprod`` as
+        diffusers' sigma schedulers compute it) or flow matching's least sigma."""
+        if self._spec.family == "flow":
+            return float(self._spec.t_last)
+        ac = self.alphas_cumprod[0]
+        return float(((1 - ac) / ac) ** 0.5)
+
+    @property
+    def sigma_max(self) -> float:
+        """Largest training noise level: ``sigma/alpha`` at timestep ``N - 1`` (DDPM) or 1 (flow matching)."""
+        if self._spec.family == "flow":
+            return 1.0
+        ac = self.alphas_cumprod[-1]
+        return float(((1 - ac) / ac) ** 0.5)
+
     @property
     def step_index(self) -> int | None:
         """Index into ``timesteps`` of the next model evaluation (``None`` before the first step)."""
