@@ -168,3 +168,17 @@ def test_loading_a_model_does_not_import_training():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_subpackages_are_usable_after_import_pfode():
+    """``import pfode`` alone makes ``pfode.models`` (and the other subpackages) usable; checked in a fresh process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import pfode; assert 'digits' in pfode.models.available(); pfode.train; pfode.data; pfode.nets; "
+        "pfode.plots; pfode.integrations\n"
+        "try:\n    pfode.nope\nexcept AttributeError as e:\n    assert 'nope' in str(e)\nelse:\n    raise SystemExit(1)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr

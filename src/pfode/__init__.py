@@ -27,6 +27,18 @@ from .tuning import GaussianSkip, Recipe, tune
 
 __version__ = "0.1.0"
 
+#: subpackages imported on first use (``pfode.models.load(...)`` after a bare ``import pfode``), so that
+#: ``import pfode`` stays light
+_LAZY = ("models", "train", "data", "nets", "integrations", "plots", "checkpoint", "engine", "grids", "predictions")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "Denoiser",
     "grid",
