@@ -180,7 +180,7 @@ class Sampler:
     ):
         check_state("x_T", x_T)
         if self.recipe is not None:
-            self.recipe.check(self.denoiser.path, x_T)
+            self.recipe.check_shape(x_T)  # the path was checked when the sampler was prepared
             x_T = self.recipe.start(x_T, self.denoiser.path)
         if gradient != "backprop":
             if callback is not None or return_trajectory:

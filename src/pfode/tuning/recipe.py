@@ -126,7 +126,12 @@ class Recipe:
             raise RecipeError(
                 f"this recipe was tuned for the path {self.path}, not {path.spec()}; tune one for this model"
             )
-        if x is not None and tuple(x.shape[1:]) != self.shape:
+        if x is not None:
+            self.check_shape(x)
+
+    def check_shape(self, x: torch.Tensor) -> None:
+        """Refuse a sample shape the recipe was not tuned for (cheap: the per-call check of a prepared sampler)."""
+        if tuple(x.shape[1:]) != self.shape:
             raise RecipeError(f"this recipe was tuned for samples of shape {list(self.shape)}, got {list(x.shape[1:])}")
 
     def start(self, x_T: torch.Tensor, path: Path) -> torch.Tensor:
