@@ -245,6 +245,62 @@ def test_midpoint_is_second_order_in_path_time_on_vp(gaussian):
     assert abs(slope(errs) - 2) < 0.3, errs
 
 
+_T_REFERENCE: dict = {}
+
+
+def reference_in_t(path, t_start):
+    """The mixture's PF-ODE flow ``dx/dt = alpha' x0 + sigma' eps`` from ``t_start`` to the data end (scipy DOP853
+    at 1e-12, to ``t = 1e-12``: the field is regular there)."""
+    key = (repr(path), t_start)
+    if key not in _T_REFERENCE:
+        x_T = _x_T(path)
+
+        def rhs(t, x):
+            tt = torch.tensor(t, dtype=torch.float64)
+            x0, eps = MIXTURE.x0_eps(torch.from_numpy(x).reshape(x_T.shape), tt, path)
+            return (path.d_alpha(tt) * x0 + path.d_sigma(tt) * eps).reshape(-1).numpy()
+
+        sol = solve_ivp(rhs, (t_start, 1e-12), x_T.reshape(-1).numpy(), method="DOP853", rtol=1e-12, atol=1e-12)
+        assert sol.success, sol.message
+        _T_REFERENCE[key] = torch.from_numpy(np.ascontiguousarray(sol.y[:, -1])).reshape(x_T.shape)
+    return _T_REFERENCE[key]
+
+
+@pytest.mark.parametrize(
+    "make_path,prediction,t_start", [(paths.Linear, "velocity", 1.0), (paths.Trig, "eps", 0.99)], ids=["linear", "trig"]
+)
+@pytest.mark.parametrize("solver", [Euler("t"), Midpoint("t"), Heun("t"), RK4("t")], ids=lambda s: s.name)
+def test_full_last_step_to_zero_noise_in_path_time(make_path, prediction, t_start, solver):
+    """On a grid ending at zero noise where dx/dt is regular, steppers in ``t`` take a full last step (a stage at
+    the end receives dx/dt), so the end-to-end order is the solver's (the denoising step capped RK4 at 2)."""
+    path = make_path()
+    den = as_prediction(MIXTURE, path, prediction)
+    x_T, ref = _x_T(path), reference_in_t(path, t_start)
+    errs = []
+    for n in (20, 40, 80):
+        sampler = pfode.Sampler(den, torch.linspace(t_start, 0.0, n + 1, dtype=torch.float64), solver)
+        assert sampler.nfe == n * solver.evals_per_step and not sampler.plan[-1].zero
+        errs.append(float((sampler(x_T) - ref).pow(2).mean().sqrt()))
+    assert abs(slope(errs) - solver.order) < 0.3, (errs, slope(errs))
+
+
+def test_denoising_step_where_the_end_is_singular():
+    """The last step stays the denoising step where dx/dt at zero noise is undefined: on VP (sigma' is infinite
+    at t = 0), for an x0 prediction with a stage at the end (Heun), and for solvers in ``s`` or ``lam``."""
+    grid = torch.linspace(0.9, 0.0, 6, dtype=torch.float64)
+    cases = [
+        (paths.VP(), "velocity", Midpoint("t"), True),
+        (paths.Linear(), "x0", Heun("t"), True),
+        (paths.Linear(), "x0", Midpoint("t"), False),  # no stage at the end: a full step
+        (paths.Linear(), "velocity", Heun("s"), True),
+        (paths.Linear(), "velocity", "dpm++2m", True),
+    ]
+    for path, prediction, solver, zero in cases:
+        sampler = pfode.Sampler(as_prediction(MIXTURE, path, prediction), grid, solver)
+        assert sampler.plan[-1].zero is zero, (path, prediction, solver)
+        assert bool(torch.isfinite(sampler(_x_T(path))).all())
+
+
 def test_dopri5_error_follows_tolerance(gaussian):
     path = paths.VPDiscrete.ddpm()
     den = gaussian.denoiser(path)

@@ -39,6 +39,8 @@ __all__ = [
     "convert",
     "Coeffs",
     "check_denoiser",
+    "VELOCITY_AT_ZERO",
+    "velocity_at_zero",
 ]
 
 TIME_INPUTS = ("t", "index", "sigma", "reversed")
@@ -139,6 +141,22 @@ _TYPES = (
 )
 _PREDICTION_TYPES: dict[str, Prediction] = {p.name: p for p in _TYPES}
 PREDICTIONS = tuple(_PREDICTION_TYPES)
+
+
+#: prediction types whose output determines ``dx/dt`` at zero noise (``sigma = 0``): there ``x0_hat = x / alpha``
+#: carries no information, and ``x0``/``score`` outputs leave ``eps_hat`` undefined
+VELOCITY_AT_ZERO = ("eps", "v", "velocity")
+
+
+def velocity_at_zero(prediction: str | Prediction, point) -> tuple[float, float]:
+    """``(vx, vo)`` with ``dx/dt = vx x + vo out`` at a zero-noise ``point`` (``alpha > 0``, ``sigma = 0``, finite
+    derivatives): ``alpha' x0_hat + sigma' eps_hat`` with the pair read from the output ``out``."""
+    pred = get_prediction(prediction)
+    if pred.name not in VELOCITY_AT_ZERO:
+        raise ValueError(f"a {pred.name!r} prediction does not determine dx/dt at zero noise")
+    c = (point.alpha, point.sigma, point.d_alpha, point.d_sigma)
+    (px, po), (ex, eo) = pred.to_x0(*c), pred.to_eps(*c)
+    return point.d_alpha * px + point.d_sigma * ex, point.d_alpha * po + point.d_sigma * eo
 
 
 def get_prediction(prediction: str | Prediction) -> Prediction:

@@ -13,7 +13,7 @@ import torch
 from . import adjoint
 from ._checks import check_choice, check_state
 from .grids import resolve
-from .predictions import Denoiser, check_denoiser
+from .predictions import VELOCITY_AT_ZERO, Denoiser, check_denoiser
 from .solvers.base import Evaluator, Solver, Table, get, run
 from .tuning.recipe import Recipe
 
@@ -140,7 +140,7 @@ class Sampler:
         self.grid, self.solver = resolve(
             denoiser.path, solver, grid, nfe, spacing=spacing, t_start=t_start, t_end=t_end, denoise=denoise
         )
-        self.table = Table(denoiser.path, self.grid, False)
+        self.table = Table(denoiser.path, self.grid, False, denoiser.prediction in VELOCITY_AT_ZERO)
         # denoise=True adds the zero-noise point unless the grid already ends there
         self.zero_end = bool(denoise) and not self.table[-1].zero
         if self.zero_end:

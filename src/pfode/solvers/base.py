@@ -8,8 +8,12 @@ takes and returns its history explicitly, so one solver object serves any number
 sizes and threads, and any driver (:func:`pfode.engine.drive` with an :class:`Evaluator`, the
 diffusers scheduler one evaluation at a time, the adjoint's recomputation) runs the same code.
 
-A step whose end has ``sigma = 0`` is always the denoising step ``x_next = alpha_next * x0_hat(x)``
-(first order, one evaluation): it is where a ``lam``-based update would divide by zero.
+A step whose end has ``sigma = 0`` is the denoising step ``x_next = alpha_next * x0_hat(x)`` (first
+order, one evaluation): it is where a ``lam``-based update would divide by zero. The exception is a solver
+stepping in path time (``variable="t"``) to a grid point where the ODE ``dx/dt`` is regular (the path's
+derivatives are finite there, as on Linear, Trig and EDM): :meth:`Solver.steps_to_zero` lets it take a
+full step, whose stages evaluate at ``sigma > 0`` or, where the prediction determines ``dx/dt`` at zero
+noise (:data:`pfode.predictions.VELOCITY_AT_ZERO`), receive ``dx/dt`` itself at the end point.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 
 from .._checks import as_f64
 from ..engine import drive
-from ..predictions import fold, get_prediction
+from ..predictions import fold, get_prediction, velocity_at_zero
 
 __all__ = [
     "Point",
@@ -63,6 +67,12 @@ class Point:
     def zero(self) -> bool:
         return self.sigma == 0.0
 
+    @property
+    def regular(self) -> bool:
+        """Whether the path's ODE in ``t`` is regular here: finite derivatives with ``sigma`` increasing (a
+        virtual zero-noise end point has none)."""
+        return math.isfinite(self.d_alpha) and math.isfinite(self.d_sigma) and self.d_sigma > 0
+
 
 def _points(path, t: torch.Tensor) -> list[Point]:
     t = as_f64(t).cpu()
@@ -81,10 +91,14 @@ class Table:
         path: the path (for intermediate times).
         times: grid times (float64, decreasing).
         zero_end: append the virtual zero-noise point (``alpha = 1, sigma = 0``) after the grid.
+        velocity_at_zero: whether the evaluator returns ``dx/dt`` at a zero-noise point of the grid (the
+            denoiser's prediction determines it there, :data:`pfode.predictions.VELOCITY_AT_ZERO`), so that a
+            stage may evaluate at that point.
     """
 
-    def __init__(self, path, times: torch.Tensor, zero_end: bool):
+    def __init__(self, path, times: torch.Tensor, zero_end: bool, velocity_at_zero: bool = False):
         self.path = path
+        self.velocity_at_zero = bool(velocity_at_zero)
         self.points: list[Point] = _points(path, times)
         self.n_steps = len(self.points) - 1
         if zero_end:
@@ -198,11 +212,16 @@ class Solver(SolverBase):
                     f"solver {self.name!r} needs alpha > 0 and sigma > 0 at t={p.t:g} (lam={p.lam}); start the "
                     "grid inside the path's range (e.g. t_max < 1 on Linear) or use an RK solver with variable='t'"
                 )
-            if q.zero:
+            if q.zero and not self.steps_to_zero(table, i):
                 out.append(Step(i=i, zero=True, alpha=q.alpha))
             else:
                 out.append(self.plan_step(table, i, n))
         return out
+
+    def steps_to_zero(self, table: Table, i: int) -> bool:
+        """Whether the step from point ``i`` to the zero-noise point ``i + 1`` is a full step of this solver
+        (default: no, the denoising step)."""
+        return False
 
     def plan_step(self, table: Table, i: int, n: int) -> Step:
         raise NotImplementedError
@@ -271,7 +290,8 @@ class AdaptiveSolver(SolverBase):
 
 
 class Evaluator:
-    """``ev(x, k) -> x0_hat`` at point ``k`` of a :class:`Table`; counts evaluations on the host.
+    """``ev(x, k) -> x0_hat`` at point ``k`` of a :class:`Table`; counts evaluations on the host. At a zero-noise
+    point of a table built with ``velocity_at_zero`` it returns ``dx/dt`` instead (``x0_hat`` is ``x`` there).
 
     Network time tensors for every point are built once (one host-to-device copy); the loop only
     indexes a Python list.
@@ -291,9 +311,12 @@ class Evaluator:
         to_x0 = get_prediction(den.prediction).to_x0
         coef = []
         for p in pts:
+            if p.zero:  # dx/dt where the prediction determines it (see Table), else never evaluated
+                coef.append(velocity_at_zero(den.prediction, p) if table.velocity_at_zero and p.regular else (math.nan,) * 2)
+                continue
             try:
                 coef.append(to_x0(p.alpha, p.sigma, p.d_alpha, p.d_sigma))
-            except ZeroDivisionError:  # the virtual zero-noise end: never evaluated
+            except ZeroDivisionError:  # e.g. eps at alpha = 0: x0_hat is undetermined (non-finite if evaluated)
                 coef.append((math.nan, math.nan))
         return [v.expand(x.shape[0]) for v in tn.unbind(0)], coef
 

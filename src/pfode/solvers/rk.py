@@ -4,7 +4,11 @@
 path shares, as EDM recommends; it is smooth whatever the path's time labelling (even the
 piecewise-linear DDPM table), and Euler there equals DDIM. ``variable="t"`` integrates
 ``dx/dt = alpha' x0_hat + sigma' eps_hat`` in the path's own time, the flow-matching convention; it
-can start at pure noise (``alpha = 0``, e.g. ``t = 1`` on :class:`~pfode.paths.Linear`).
+can start at pure noise (``alpha = 0``, e.g. ``t = 1`` on :class:`~pfode.paths.Linear`), and on a grid
+that ends at zero noise where ``dx/dt`` is regular (Linear, Trig, EDM) its last step is a full step, as
+flow-matching samplers take it: stages inside the step evaluate at ``sigma > 0``, and a stage at the end
+point (Heun, RK4) receives ``dx/dt`` there from an eps, v or velocity prediction (otherwise, and wherever
+the ODE is singular at zero noise, the last step is the denoising step).
 """
 
 from __future__ import annotations
@@ -25,12 +29,13 @@ __all__ = ["RK", "Euler", "Heun", "Midpoint", "RK4"]
 class RKStep(Step):
     """One Runge-Kutta step: its size ``h`` in the variable, the point of each stage, and per stage
     ``(p, q)``: in ``s``, ``x_k = p y_k`` and ``K_k = (y_k - D_k) q``; in ``t``,
-    ``K_k = p x_k + q D_k`` (``p = sigma'/sigma``, ``q = alpha' - sigma' alpha / sigma``). ``y_in``/``y_out``
-    scale ``x`` to ``y = x / alpha`` and back."""
+    ``K_k = p x_k + q D_k`` (``p = sigma'/sigma``, ``q = alpha' - sigma' alpha / sigma``), or ``None`` for a
+    stage at zero noise, whose evaluation is ``K_k = dx/dt`` itself. ``y_in``/``y_out`` scale ``x`` to
+    ``y = x / alpha`` and back."""
 
     h: float
     idx: tuple[int, ...]
-    coef: tuple[tuple[float, float], ...]
+    coef: tuple[tuple[float, float] | None, ...]
     y_in: float = 1.0
     y_out: float = 1.0
 
@@ -56,6 +61,12 @@ class RK(Solver):
         if paper:
             self.paper = paper
 
+    def steps_to_zero(self, table: Table, i: int) -> bool:
+        """In ``t``, a full step to zero noise where the ODE is regular there and every stage can be evaluated."""
+        if self.variable != "t" or not table[i + 1].regular:
+            return False
+        return table.velocity_at_zero or all(c < 1.0 for c in self.tableau.c)
+
     def plan_step(self, table: Table, i: int, n: int) -> Step:
         p, q = table[i], table[i + 1]
         idx = []
@@ -73,7 +84,9 @@ class RK(Solver):
             coef = tuple((pt.alpha, 1.0 / pt.s) for pt in pts)
             return RKStep(i=i, order=self.order, evals=self.evals_per_step, h=q.s - p.s, idx=tuple(idx), coef=coef,
                           y_in=1.0 / p.alpha, y_out=q.alpha)
-        coef = tuple((pt.d_sigma / pt.sigma, pt.d_alpha - pt.d_sigma * pt.alpha / pt.sigma) for pt in pts)
+        coef = tuple(
+            None if pt.zero else (pt.d_sigma / pt.sigma, pt.d_alpha - pt.d_sigma * pt.alpha / pt.sigma) for pt in pts
+        )
         return RKStep(i=i, order=self.order, evals=self.evals_per_step, h=q.t - p.t, idx=tuple(idx), coef=coef)
 
     def step(self, x, hist, st, noise=None):
@@ -84,14 +97,15 @@ class RK(Solver):
         try:
             k, (yk,) = next(stages)
             while True:
-                pk, qk = st.coef[k]
+                ck = st.coef[k]
                 if in_s:
+                    pk, qk = ck
                     xk = x if k == 0 else (yk * pk if pk != 1.0 else yk)
                     d = yield st.idx[k], xk
                     kk = torch.sub(yk, d).mul_(qk)
                 else:
                     d = yield st.idx[k], yk
-                    kk = torch.add(yk * pk, d, alpha=qk)
+                    kk = d if ck is None else torch.add(yk * ck[0], d, alpha=ck[1])
                 if k == 0:
                     d0 = d
                 k, (yk,) = stages.send([kk])
