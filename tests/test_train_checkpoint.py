@@ -158,6 +158,50 @@ def test_torn_tensor_file_is_detected(tmp_path):
         read_checkpoint(a.last_checkpoint)
 
 
+def test_damaged_header_is_named_without_the_pickle_warning(tmp_path):
+    a = _trainer(tmp_path / "a")
+    a.fit(1)
+    st = tmp_path / "a" / "checkpoints" / "step-00000001.safetensors"
+    raw = st.read_bytes()
+    st.write_bytes(raw[:8] + b"#" + raw[9:])  # one byte of the JSON header
+    with pytest.raises(CheckpointError, match="damaged or incomplete safetensors.*not the JSON object") as e:
+        read_checkpoint(a.last_checkpoint)
+    assert "pickle" not in str(e.value) and "arbitrary code" not in str(e.value)
+    st.write_bytes(raw[:100])  # truncated inside the header
+    with pytest.raises(CheckpointError, match="damaged or incomplete.*truncated"):
+        read_checkpoint(st)
+
+
+def test_truncated_latest_falls_back_to_the_previous_intact_checkpoint(tmp_path):
+    _trainer(tmp_path / "r", ckpt_every=8).fit(16)
+    folder = tmp_path / "r" / "checkpoints"
+    latest = folder / "step-00000016.safetensors"
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+    with pytest.warns(UserWarning, match="step-00000016.*SHA-256.*intact earlier checkpoint, step-00000008.json"):
+        ck = read_checkpoint(folder)
+    assert ck.step == 8
+    with pytest.raises(CheckpointError, match="An intact earlier checkpoint is .*step-00000008.json"):
+        read_checkpoint(folder / "step-00000016.json")
+    with pytest.warns(UserWarning, match="intact earlier"):
+        assert _trainer(tmp_path / "r", resume=True, ckpt_every=8).step == 8
+
+
+def test_a_renamed_exported_pair_loads(tmp_path):
+    from pfode import models
+
+    src = models.builtin_file("moons")
+    for suffix in (".json", ".safetensors"):
+        (tmp_path / f"renamed{suffix}").write_bytes(src.with_suffix(suffix).read_bytes())
+    m = models.load(tmp_path / "renamed.json")
+    ref = models.load("builtin:moons")
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    t = torch.full((4,), 0.5)
+    assert torch.equal(m.net(x, t), ref.net(x, t))
+    (tmp_path / "renamed.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="names the tensor file 'moons.safetensors'.*no renamed.safetensors"):
+        models.load(tmp_path / "renamed.json")
+
+
 def test_writes_are_atomic_and_old_checkpoints_pruned(tmp_path, monkeypatch):
     a = _trainer(tmp_path / "a", ckpt_every=2, keep_checkpoints=2)
     a.fit(6)

@@ -21,6 +21,7 @@ This module sits below :mod:`pfode.models` and :mod:`pfode.train` (it imports ne
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path as FsPath
 
@@ -101,10 +102,17 @@ def _check_safetensors_file(path: FsPath):
         why = "it is a zip archive, the format of torch.save"
     elif head[:1] == b"\x80":
         why = "it is a Python pickle"
-    elif len(head) < 8:
-        why = "it is too short"
     else:
-        why = "it has no valid safetensors header"
+        n = int.from_bytes(head, "little") if len(head) == 8 else 0
+        if len(head) < 8:
+            what = "it is too short to hold a header"
+        elif n > size - 8:
+            what = f"its header announces {n} bytes, more than the file's {size - 8}: the file is truncated"
+        else:
+            what = "its header is not the JSON object safetensors writes"
+        raise CheckpointError(
+            f"{path} is a damaged or incomplete safetensors file ({what}); copy it again or use an intact copy"
+        )
     raise CheckpointError(
         f"{path} is not a safetensors file ({why}); pfode only loads safetensors because unpickling a "
         "checkpoint (torch.load) can run arbitrary code. Convert a trusted file once with "
@@ -255,16 +263,28 @@ def read_checkpoint(path) -> Checkpoint:
     """Load a checkpoint from its JSON, its tensor file, or a folder (its ``latest.json``), never unpickling.
 
     Checks that the tensor file is safetensors, that its SHA-256 matches the JSON and that its tensors are
-    exactly the manifest's (names, dtypes, shapes).
+    exactly the manifest's (names, dtypes, shapes). The tensor file is the one the JSON names, or the JSON's
+    own name with ``.safetensors`` (an exported pair may be renamed). From a folder whose latest checkpoint is
+    damaged (truncated, torn), the newest intact earlier one is loaded with a warning; a damaged file named
+    directly raises, naming an intact earlier checkpoint of its folder if there is one.
     """
-    from safetensors.torch import load_file
-
     path = FsPath(path)
     if path.is_dir():
         js = latest_checkpoint(path)
         if js is None:
             raise CheckpointError(f"{path} holds no checkpoint ({POINTER} is missing)")
-    elif path.suffix == ".json":
+        try:
+            return _read_pair(js)
+        except CheckpointError as e:
+            for other in _earlier(js):
+                try:
+                    ck = _read_pair(other)
+                except CheckpointError:
+                    continue
+                warnings.warn(f"{e}; loaded the newest intact earlier checkpoint, {other.name}", stacklevel=2)
+                return ck
+            raise
+    if path.suffix == ".json":
         js = path
     elif path.suffix == ".safetensors":
         js = path.with_suffix(".json")
@@ -275,6 +295,30 @@ def read_checkpoint(path) -> Checkpoint:
         if path.is_file():
             _check_safetensors_file(path)  # raises with the reason for pickles and the like
         raise CheckpointError(f"{path}: give a checkpoint folder, its .json or its .safetensors file")
+    try:
+        return _read_pair(js)
+    except CheckpointError as e:
+        for other in _earlier(js):
+            try:
+                _read_pair(other)
+            except CheckpointError:
+                continue
+            raise CheckpointError(
+                f"{e}. An intact earlier checkpoint is {other}; load it, or give the folder to fall back to it"
+            ) from None
+        raise
+
+
+def _earlier(js: FsPath) -> list[FsPath]:
+    """The other training checkpoints of ``js``'s folder that are older than it, newest first."""
+    if not js.name.startswith("step-"):
+        return []
+    return sorted((p for p in js.parent.glob("step-*.json") if p.name < js.name), reverse=True)
+
+
+def _read_pair(js: FsPath) -> Checkpoint:
+    from safetensors.torch import load_file
+
     if not js.is_file():
         raise CheckpointError(f"no such checkpoint: {js}")
     try:
@@ -282,13 +326,23 @@ def read_checkpoint(path) -> Checkpoint:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{js} is not valid JSON ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{js} is not a pfode training checkpoint (format {meta.get('format')!r})")
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{js} is not a pfode training checkpoint (format {fmt!r})")
     if meta.get("version") != VERSION:
         raise CheckpointError(f"{js}: checkpoint version {meta.get('version')!r}, this pfode reads {VERSION}")
-    st = js.parent / meta["tensor_file"]
+    st = js.parent / str(meta.get("tensor_file", ""))
+    if not st.is_file() and js.with_suffix(".safetensors").is_file():  # the pair was renamed
+        st = js.with_suffix(".safetensors")
+    if not st.is_file():
+        raise CheckpointError(
+            f"{js} names the tensor file {meta.get('tensor_file')!r}, which is missing, and there is no "
+            f"{js.with_suffix('.safetensors').name} beside it"
+        )
     _check_safetensors_file(st)
     if sha256_file(st) != meta["sha256"]:
-        raise CheckpointError(f"{st} does not match the SHA-256 recorded in {js.name} (a torn or replaced file)")
+        raise CheckpointError(
+            f"{st} does not match the SHA-256 recorded in {js.name} (a truncated, torn or replaced file)"
+        )
     tensors = load_file(str(st))
     manifest = meta["manifest"]
     expected = {

@@ -557,8 +557,8 @@ class Trainer:
         if path is None:
             if self.out_dir is None:
                 raise ValueError("resume needs out_dir or a checkpoint path")
-            path = latest_checkpoint(self.out_dir / "checkpoints")
-            if path is None:
-                return False
+            path = self.out_dir / "checkpoints"
+            if latest_checkpoint(path) is None:
+                return False  # (the folder, not its latest file: a damaged latest falls back to an intact one)
         self.load(path, strict_config)
         return True
