@@ -312,7 +312,8 @@ class Evaluator:
         coef = []
         for p in pts:
             if p.zero:  # dx/dt where the prediction determines it (see Table), else never evaluated
-                coef.append(velocity_at_zero(den.prediction, p) if table.velocity_at_zero and p.regular else (math.nan,) * 2)
+                known = table.velocity_at_zero and p.regular
+                coef.append(velocity_at_zero(den.prediction, p) if known else (math.nan, math.nan))
                 continue
             try:
                 coef.append(to_x0(p.alpha, p.sigma, p.d_alpha, p.d_sigma))
