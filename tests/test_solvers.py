@@ -404,7 +404,7 @@ def test_every_solver_every_nfe_is_finite(make_path):
         if name == "dopri5":
             continue
         solver = pfode.solvers.get(name)
-        for nfe in range(1, 31):
+        for nfe in (*range(1, 13), 15, 17, 20, 25, 30):  # every small budget, a few large ones
             try:
                 x = pfode.sample(den, x_T, nfe=nfe, solver=solver, generator=torch.Generator().manual_seed(0))
             except ValueError as e:
@@ -413,7 +413,7 @@ def test_every_solver_every_nfe_is_finite(make_path):
             assert x.dtype == torch.float32
             assert bool(torch.isfinite(x).all()), (name, nfe)
             ran += 1
-    assert ran > 300
+    assert ran > 250
 
 
 def test_nfe_is_spent_exactly():
