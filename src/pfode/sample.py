@@ -192,7 +192,7 @@ class Sampler:
         if params is not None:
             raise ValueError("params= is for gradient='discrete' or 'continuous' (backprop differentiates everything)")
         if self.adaptive:
-            return self._adaptive(x_T, cond, callback, return_trajectory, return_info, check_finite)
+            return self._adaptive(x_T, cond, callback, return_trajectory, return_info, check_finite, generator)
         ev = self._evaluator(x_T, cond)
         noise = PerSampleNoise(x_T, generator) if self.solver.stochastic else None
         x, traj = self._loop(x_T, ev, noise, callback, return_trajectory, None)
@@ -243,9 +243,13 @@ class Sampler:
             "or it returns non-finite values intermittently"
         )
 
-    def _adaptive(self, x_T, cond, callback, return_trajectory, return_info, check_finite):
+    def _adaptive(self, x_T, cond, callback, return_trajectory, return_info, check_finite, generator=None):
         g = self.grid
-        x, info = self.solver.solve(self.denoiser, x_T, float(g[0]), float(g[-1]), cond, callback=callback)
+        extra = {}
+        if self.solver.stochastic:  # per-sample noise streams seeded by the caller's generator
+            streams = PerSampleNoise(x_T, generator)
+            extra["noise"] = lambda s_from, s_to: streams()
+        x, info = self.solver.solve(self.denoiser, x_T, float(g[0]), float(g[-1]), cond, callback=callback, **extra)
         nfe_used = info["nfe"]
         traj = [x_T, x] if return_trajectory else None
         times = [float(g[0]), float(g[-1])]

@@ -1,23 +1,26 @@
-"""k-diffusion interop: k-diffusion denoisers as pfode denoisers, and k-diffusion-style samplers.
+"""k-diffusion interop: k-diffusion denoisers as pfode denoisers, and k-diffusion's samplers on pfode's solvers.
 
 A k-diffusion model is a denoiser ``D(x, sigma, **extra_args) -> x0_hat`` on the EDM/VE path
 ``x = x0 + sigma * noise``. :func:`denoiser` wraps one as a :class:`pfode.Denoiser` on
 :class:`pfode.paths.EDM` (``alpha = 1``, ``sigma = t``) with prediction ``"x0"``.
 
-For every registered pfode solver this module has a function with k-diffusion's sampler signature::
+**k-diffusion's samplers**, with its names, signatures and defaults, each running a pfode solver (so the same
+algorithm also serves every path and prediction type through :func:`pfode.sample`)::
 
-    sample_<name>(model, x, sigmas, extra_args=None, callback=None, disable=None, **options)
+    sample_euler            euler / EDMSampler("euler") with churn     sample_dpmpp_2s_ancestral  dpm++2s-ancestral
+    sample_euler_ancestral  euler-ancestral                            sample_dpmpp_sde           dpm++sde
+    sample_heun             heun / EDMSampler("heun") with churn       sample_dpmpp_2m            dpm++2m
+    sample_dpm_2            dpm-2                                      sample_dpmpp_2m_sde        dpm++2m-sde (midpoint)
+    sample_dpm_2_ancestral  dpm-2-ancestral                            sample_dpmpp_3m_sde        dpm++3m-sde
+    sample_lms              lms                                        sample_dpm_adaptive        dpm-adaptive
 
-so existing k-diffusion code switches with one import::
-
-    from pfode.integrations.k_diffusion import sample_dpmpp_2m   # instead of k_diffusion.sampling
-
-Solver names map to identifiers by ``"++" -> "pp_"`` and ``"-" -> "_"``: ``dpm++2m`` -> ``sample_dpmpp_2m``,
-``dpm++3m`` -> ``sample_dpmpp_3m``, ``dpm++2m-sde`` -> ``sample_dpmpp_2m_sde``, ``dpm-fast`` ->
-``sample_dpm_fast``, ``euler-maruyama`` -> ``sample_euler_maruyama``, ``unipc`` -> ``sample_unipc``
-(:data:`SAMPLERS` lists them all; :func:`sampler_name` gives the rule). Note that ``sample_dpm_fast`` here
-takes ``sigmas`` like every other sampler (k-diffusion's own takes ``sigma_min, sigma_max, n``), and
-``sample_dpm2`` is pfode's DPM-Solver-2 (k-diffusion's ``sample_dpm_2`` is a different method).
+so existing k-diffusion code switches with one import (``from pfode.integrations.k_diffusion import
+sample_dpmpp_2m`` instead of ``k_diffusion.sampling``). Every other registered pfode solver has a function too,
+``sample_<name>(model, x, sigmas, extra_args=None, callback=None, disable=None, **options)`` (solver options as
+keywords), named by ``"++" -> "pp_"`` and ``"-" -> "_"``: ``dpm++3m`` -> ``sample_dpmpp_3m``, ``unipc`` ->
+``sample_unipc``, ``dpm-fast`` -> ``sample_dpm_fast`` (:data:`SAMPLERS` lists them all; :func:`sampler_name` gives
+the rule). ``sample_dpm_fast`` here takes ``sigmas`` like every other sampler (k-diffusion's own takes
+``sigma_min, sigma_max, n``), and ``sample_dpm2`` is DPM-Solver-2 (Lu et al.), not k-diffusion's ``sample_dpm_2``.
 
 :func:`sample_recipe` runs a tuned :class:`pfode.Recipe` (``pfode.tune`` on :func:`denoiser` of the model) in
 place of ``sigmas``.
@@ -25,19 +28,29 @@ place of ``sigmas``.
 Conventions, as in k-diffusion:
 
 * ``sigmas`` is the decreasing noise schedule; ending it with ``0`` (``get_sigmas_karras`` and friends do)
-  makes the last step the step to zero noise, which returns ``D(x, sigmas[-2])`` (pfode's ``denoise``).
-  Without a final ``0`` the samplers stop at ``sigmas[-1]``.
+  makes the last step the step to zero noise (for most samplers the denoiser ``D(x, sigmas[-2])``; ``sample_lms``
+  integrates its polynomial down to 0 and churn evaluates at ``sigma_hat``). Without a final ``0`` the samplers
+  stop at ``sigmas[-1]``.
 * ``callback`` is called once per step with ``{'x', 'i', 'sigma', 'sigma_hat', 'denoised'}``: the state at
-  ``sigmas[i]``, the step index, ``sigmas[i]`` (twice: these samplers add no churn) and ``D`` there.
+  ``sigmas[i]``, the step index, ``sigmas[i]``, the noise level after churn (``sigmas[i]`` without churn) and ``D``
+  there. (With churn ``x`` is the state before the churn noise; k-diffusion passes the state after it.)
+  ``sample_dpm_adaptive`` calls it after every attempt with k-diffusion's payload of that sampler.
 * ``extra_args`` is passed to the model at every call; ``disable`` (progress bar) is accepted and ignored;
   sampling runs under ``torch.no_grad()``.
-* ``**options`` are the pfode solver's options (``order=3``, ``eta=0.5``, ``variable="t"``, ...) plus
-  ``generator`` for the noise of stochastic solvers. k-diffusion's ``s_churn``, ``s_tmin``, ``s_tmax``,
-  ``s_noise`` are accepted at their neutral values (no churn, ``s_noise=1``); other values, and
-  ``noise_sampler``, raise ``ValueError``.
 
-pfode's ``euler``, ``heun`` and ``dpm++2m`` are k-diffusion's ``sample_euler``, ``sample_heun`` and
-``sample_dpmpp_2m`` (without churn) up to float round-off.
+Noise. Stochastic samplers (ancestral, SDE, churn) take ``noise_sampler(sigma, sigma_next) -> noise like x``, as
+k-diffusion's do (:class:`k_diffusion.sampling.BrownianTreeNoiseSampler` included): each fresh noise is drawn as
+the increment over a noise interval, and the sampler is treated as one Brownian motion (``sample_dpmpp_sde``
+draws the increments over ``(sigma, sigma_mid)`` and ``(sigma_mid, sigma_next)`` and sums them, where k-diffusion
+asks for ``(sigma, sigma_next)``; for a Brownian tree that is the same noise). Churn draws
+``noise_sampler(sigma, sigma_hat)`` (k-diffusion's churn samplers take no ``noise_sampler``: they use
+``torch.randn_like``). Without a ``noise_sampler`` the noise comes from pfode's per-sample streams (seeded by
+``generator=`` or torch's global generator): independent increments, the same law as k-diffusion's default Brownian
+tree for the SDE samplers and as its ``randn_like`` for the ancestral ones, reproducible whatever the batch size.
+
+``sample_dpmpp_2m_sde`` defaults to ``solver_type="midpoint"`` as k-diffusion does (pfode's ``dpm++2m-sde`` solver
+defaults to ``"heun"``). ``sample_dpm_adaptive`` controls one error over the whole batch, as k-diffusion does
+(``pfode.sample(..., "dpm-adaptive")`` controls each sample on its own).
 """
 
 from __future__ import annotations
@@ -48,9 +61,13 @@ from collections.abc import Callable
 import torch
 
 from .. import solvers
+from .._checks import check_state
 from ..paths import EDM
 from ..predictions import Denoiser
+from ..sample import PerSampleNoise
 from ..sample import sample as pf_sample
+from ..solvers.base import Evaluator, Table, run
+from ..solvers.edm import EDMSampler
 
 # the sample_* functions are added below
 __all__ = ["denoiser", "sampler_name", "SAMPLERS", "load_sampling", "sample_recipe"]
@@ -107,10 +124,6 @@ def load_sampling():
     return mod
 
 
-_NEUTRAL = {"s_churn": 0.0, "s_noise": 1.0}
-_IGNORED = ("s_tmin", "s_tmax")
-
-
 def _float_attr(model, name: str, default: float) -> float:
     try:
         return float(getattr(model, name))
@@ -157,29 +170,125 @@ def _check_sigmas(sigmas) -> torch.Tensor:
     return sig
 
 
-def _split_options(name: str, options: dict):
-    opts = dict(options)
-    generator = opts.pop("generator", None)
-    for k, neutral in _NEUTRAL.items():
-        if k in opts:
-            v = opts.pop(k)
-            if float(v) != neutral:
-                raise ValueError(
-                    f"{k}={v!r} is not supported by pfode's sample_* functions (only {k}={neutral}); "
-                    "pfode samplers add no churn"
-                )
-    for k in _IGNORED:
-        opts.pop(k, None)
-    if opts.pop("noise_sampler", None) is not None:
-        raise ValueError("noise_sampler is not supported; stochastic pfode solvers take generator= instead")
+class _KNoise:
+    """``noise()`` for a plan: a k-diffusion ``noise_sampler(sigma, sigma_next)`` at each draw's noise interval.
+
+    A step lists its intervals in ``draws`` (call order); steps without (``ddpm``, ``euler-maruyama``,
+    ``dpm++2m-sde``) draw once over ``(sigma_i, sigma_{i+1})``. :meth:`advance` moves to the next step.
+    """
+
+    def __init__(self, noise_sampler: Callable, plan, table: Table, like: torch.Tensor, sigmas: torch.Tensor):
+        if not callable(noise_sampler):
+            raise TypeError(f"noise_sampler must be callable as noise_sampler(sigma, sigma_next), got {noise_sampler}")
+        self.ns, self.plan, self.table, self.like = noise_sampler, plan, table, like
+        self.sig = dict(dtype=sigmas.dtype, device=sigmas.device)
+        self.k = self.j = 0
+
+    def __call__(self) -> torch.Tensor:
+        st = self.plan[self.k]
+        draws = getattr(st, "draws", None) or ((self.table[st.i].s, self.table[st.i + 1].s),)
+        a, b = draws[self.j]
+        self.j += 1
+        z = self.ns(torch.tensor(a, **self.sig), torch.tensor(b, **self.sig))
+        if not isinstance(z, torch.Tensor) or z.shape != self.like.shape:
+            raise ValueError(
+                f"noise_sampler(sigma, sigma_next) must return a tensor shaped like x {tuple(self.like.shape)}, got "
+                f"{getattr(z, 'shape', type(z).__name__)}"
+            )
+        return z
+
+    def advance(self):
+        self.k += 1
+        self.j = 0
+
+
+def _run(model, x, sigmas, extra_args, callback, solver, generator=None, noise_sampler=None):
+    """Run ``solver`` on k-diffusion's ``sigmas`` (ending with 0: the last step goes to zero noise)."""
+    check_state("x", x)
+    den = denoiser(model)
+    sig = _check_sigmas(sigmas)
+    orig = sigmas if isinstance(sigmas, torch.Tensor) else torch.as_tensor(sigmas, dtype=torch.float64)
+    zero_end = float(sig[-1]) == 0.0
+    table = Table(den.path, sig[:-1] if zero_end else sig, zero_end)
+    plan = solver.plan(table)
+    ev = Evaluator(den, table, x, dict(extra_args or {}))
+    noise = None
+    if noise_sampler is not None:
+        if not solver.stochastic:
+            raise ValueError(f"noise_sampler is given but solver {solver.name!r} (these options) draws no noise")
+        noise = _KNoise(noise_sampler, plan, table, x, orig)
+    elif solver.stochastic:
+        noise = PerSampleNoise(x, generator)
+    on_step = None
+    if callback is not None or noise_sampler is not None:
+
+        def on_step(st, x_prev, hist, x_next, hist_next, d):
+            if callback is not None:
+                i = st.i
+                s_hat = getattr(st, "s_hat", None)
+                sigma_hat = orig[i] if s_hat is None or getattr(st, "j_hat", i) == i else orig.new_tensor(s_hat)
+                callback({"x": x_prev, "i": i, "sigma": orig[i], "sigma_hat": sigma_hat, "denoised": d})
+            if noise_sampler is not None:
+                noise.advance()
+
+    out, _ = run(solver, plan, x, ev, noise, on_step)
+    return out
+
+
+def _adaptive(model, x, sigmas, extra_args, callback, solver):
+    """An adaptive pfode solver from ``sigmas[0]`` to the last nonzero sigma (then ``D`` there if the last is 0)."""
+    den = denoiser(model)
+    sig = _check_sigmas(sigmas)
+    zero_end = float(sig[-1]) == 0.0
+    grid = sig[:-1] if zero_end else sig
+    if grid.numel() == 1:
+        raise ValueError(f"solver {solver.name!r} needs sigmas with two nonzero entries (its two ends)")
+
+    def to_k(info):  # pfode's per-attempt payload with per-sample times
+        s = info["t"].to(x.dtype)
+        callback({"x": info["x"], "i": info["i"], "sigma": s, "sigma_hat": s, "denoised": info["x0_hat"]})
+
+    return pf_sample(
+        den, x, grid[[0, -1]], solver, denoise=zero_end, callback=None if callback is None else to_k,
+        cond=dict(extra_args or {}),
+    )
+
+
+def _build(name: str, **opts):
     try:
-        solver = solvers.get(name, **opts)
-        if hasattr(solver, "lower_order_final") and "lower_order_final" not in opts:
-            # k-diffusion's multistep samplers lower the order only on the step to sigma = 0
-            solver = solvers.get(name, lower_order_final=False, **opts)
+        return solvers.get(name, **opts)
     except TypeError as e:
         raise ValueError(f"invalid option(s) {sorted(opts)} for solver {name!r}: {e}") from None
-    return solver, generator
+
+
+def _split_options(name: str, options: dict):
+    import inspect
+
+    opts = dict(options)
+    generator = opts.pop("generator", None)
+    noise_sampler = opts.pop("noise_sampler", None)
+    churn = opts.pop("s_churn", 0.0)
+    if float(churn) != 0.0:
+        raise ValueError(
+            f"s_churn={churn!r}: churn is supported by sample_euler, sample_heun and sample_dpm_2 (solver {name!r} "
+            "has none)"
+        )
+    for k in ("s_tmin", "s_tmax"):
+        opts.pop(k, None)
+    s_noise = opts.pop("s_noise", None)
+    solver = _build(name, **opts)
+    extra = {}
+    if s_noise is not None:
+        if "s_noise" in inspect.signature(type(solver)).parameters:
+            extra["s_noise"] = s_noise
+        elif float(s_noise) != 1.0:
+            raise ValueError(f"s_noise={s_noise!r} is not supported by solver {name!r} (only s_noise=1.0)")
+    if hasattr(solver, "lower_order_final") and "lower_order_final" not in opts:
+        # k-diffusion's multistep samplers lower the order only on the step to sigma = 0
+        extra["lower_order_final"] = False
+    if extra:
+        solver = _build(name, **opts, **extra)
+    return solver, generator, noise_sampler
 
 
 def _make_sampler(name: str):
@@ -187,26 +296,12 @@ def _make_sampler(name: str):
 
     @torch.no_grad()
     def sampler(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
-        solver, generator = _split_options(name, options)
-        den = denoiser(model)
-        sig = _check_sigmas(sigmas)
-        cond = dict(extra_args or {})
-        zero_end = float(sig[-1]) == 0.0
-        grid = sig[:-1] if zero_end else sig
-        orig = sigmas if isinstance(sigmas, torch.Tensor) else torch.as_tensor(sigmas)
-
-        def to_k(info):
-            i = info["i"]
-            s = orig[i]
-            callback({"x": info["x"], "i": i, "sigma": s, "sigma_hat": s, "denoised": info["x0_hat"]})
-
-        if grid.numel() == 1:  # [sigma, 0]: the step to zero noise alone
-            x0, _ = den(x, float(grid[0]), **cond)
-            if callback is not None:
-                to_k({"i": 0, "x": x, "x0_hat": x0})
-            return x0
-        callback_ = None if callback is None else to_k
-        return pf_sample(den, x, grid, solver, denoise=zero_end, callback=callback_, generator=generator, cond=cond)
+        solver, generator, noise_sampler = _split_options(name, options)
+        if solver.adaptive:
+            if noise_sampler is not None:
+                raise ValueError(f"noise_sampler is not supported by the adaptive solver {name!r}")
+            return _adaptive(model, x, sigmas, extra_args, callback, solver)
+        return _run(model, x, sigmas, extra_args, callback, solver, generator, noise_sampler)
 
     sampler.__name__ = sampler.__qualname__ = fname
     sampler.__doc__ = (
@@ -214,10 +309,173 @@ def _make_sampler(name: str):
         "(see :mod:`pfode.integrations.k_diffusion`).\n\n"
         "Args: model (``D(x, sigma, **extra_args)``), x (the start state at ``sigmas[0]``), sigmas\n"
         "(decreasing, optionally ending with 0), extra_args, callback, disable (ignored), **options\n"
-        "(solver options, generator). Returns the final state."
+        "(solver options, generator, noise_sampler for stochastic solvers). Returns the final state."
     )
     sampler.solver_name = name
     return sampler
+
+
+# -- k-diffusion's samplers, with its signatures and defaults ------------------------------------------------
+_K_DOC = (
+    "k-diffusion's ``{k}`` on pfode's solver ``{name!r}`` (see :mod:`pfode.integrations.k_diffusion`), with its "
+    "signature and defaults.{extra}\n\n"
+    "Keyword-only extras: ``generator`` seeds pfode's per-sample noise streams when no ``noise_sampler`` is given."
+)
+
+
+def _k_sampler(name: str, extra: str = ""):
+    def wrap(fn):
+        fn.solver_name = name
+        fn.__doc__ = _K_DOC.format(k=fn.__name__, name=name, extra=extra)
+        return torch.no_grad()(fn)
+
+    return wrap
+
+
+def _churn(method: str, s_churn, s_tmin, s_tmax, s_noise):
+    if method != "dpm-2" and float(s_churn) == 0.0:
+        return solvers.get(method)
+    return EDMSampler(method, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
+
+
+_CHURN = (
+    " Churn (``s_churn > 0``) adds fresh noise ``noise_sampler(sigma, sigma_hat)`` (default: pfode's streams) before "
+    "each step with ``s_tmin <= sigma <= s_tmax``."
+)
+_INF = float("inf")
+
+
+@_k_sampler("euler", _CHURN)
+def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0, s_tmin=0.0,
+                 s_tmax=_INF, s_noise=1.0, *, noise_sampler=None, generator=None):
+    solver = _churn("euler", s_churn, s_tmin, s_tmax, s_noise)
+    return _run(model, x, sigmas, extra_args, callback, solver, generator, noise_sampler)
+
+
+@_k_sampler("heun", _CHURN)
+def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0, s_tmin=0.0,
+                s_tmax=_INF, s_noise=1.0, *, noise_sampler=None, generator=None):
+    solver = _churn("heun", s_churn, s_tmin, s_tmax, s_noise)
+    return _run(model, x, sigmas, extra_args, callback, solver, generator, noise_sampler)
+
+
+@_k_sampler("dpm-2", _CHURN)
+def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0, s_tmin=0.0,
+                 s_tmax=_INF, s_noise=1.0, *, noise_sampler=None, generator=None):
+    solver = _churn("dpm-2", s_churn, s_tmin, s_tmax, s_noise)
+    return _run(model, x, sigmas, extra_args, callback, solver, generator, noise_sampler)
+
+
+@_k_sampler("lms")
+def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, order=4):
+    return _run(model, x, sigmas, extra_args, callback, solvers.get("lms", order=order))
+
+
+@_k_sampler("euler-ancestral")
+def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
+                           noise_sampler=None, *, generator=None):
+    solver = solvers.get("euler-ancestral", eta=eta, s_noise=s_noise)
+    return _run(model, x, sigmas, extra_args, callback, solver, generator, noise_sampler if solver.stochastic else None)
+
+
+@_k_sampler("dpm-2-ancestral")
+def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
+                           noise_sampler=None, *, generator=None):
+    solver = solvers.get("dpm-2-ancestral", eta=eta, s_noise=s_noise)
+    return _run(model, x, sigmas, extra_args, callback, solver, generator, noise_sampler if solver.stochastic else None)
+
+
+@_k_sampler("dpm++2s-ancestral")
+def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
+                              noise_sampler=None, *, generator=None):
+    solver = solvers.get("dpm++2s-ancestral", eta=eta, s_noise=s_noise)
+    return _run(model, x, sigmas, extra_args, callback, solver, generator, noise_sampler if solver.stochastic else None)
+
+
+@_k_sampler("dpm++sde")
+def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
+                     noise_sampler=None, r=1 / 2, *, generator=None):
+    solver = solvers.get("dpm++sde", eta=eta, s_noise=s_noise, r=r)
+    return _run(model, x, sigmas, extra_args, callback, solver, generator, noise_sampler if solver.stochastic else None)
+
+
+@_k_sampler("dpm++2m-sde")
+def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
+                        noise_sampler=None, solver_type="midpoint", *, generator=None):
+    solver = solvers.get("dpm++2m-sde", eta=eta, s_noise=s_noise, solver_type=solver_type)
+    return _run(model, x, sigmas, extra_args, callback, solver, generator, noise_sampler if solver.stochastic else None)
+
+
+@_k_sampler("dpm++3m-sde")
+def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
+                        noise_sampler=None, *, generator=None):
+    solver = solvers.get("dpm++3m-sde", eta=eta, s_noise=s_noise)
+    return _run(model, x, sigmas, extra_args, callback, solver, generator, noise_sampler if solver.stochastic else None)
+
+
+@_k_sampler(
+    "dpm-adaptive",
+    " It integrates from ``sigma_max`` to ``sigma_min`` (no final denoising), controlling one RMS error over the "
+    "whole batch as k-diffusion does; ``return_info=True`` also returns ``{'steps', 'nfe', 'n_accept', 'n_reject'}``. "
+    "Like k-diffusion it rounds ``rtol`` and ``atol`` to torch's default dtype; unlike k-diffusion, which steps in "
+    "the dtype of ``torch.tensor(sigma_max)`` (float32 for Python floats), it steps in float64.",
+)
+def sample_dpm_adaptive(model, x, sigma_min, sigma_max, extra_args=None, callback=None, disable=None, order=3,
+                        rtol=0.05, atol=0.0078, h_init=0.05, pcoeff=0.0, icoeff=1.0, dcoeff=0.0, accept_safety=0.81,
+                        eta=0.0, s_noise=1.0, noise_sampler=None, return_info=False, *, generator=None):
+    check_state("x", x)
+    lo, hi = float(sigma_min), float(sigma_max)
+    if not (lo > 0 and hi > 0):
+        raise ValueError(f"sigma_min={sigma_min!r} and sigma_max={sigma_max!r} must be > 0")
+    # k-diffusion holds the tolerances as torch.tensor(rtol), torch.tensor(atol): numbers of the default dtype
+    rtol, atol = (float(torch.tensor(float(v))) for v in (rtol, atol))
+    solver = solvers.get(
+        "dpm-adaptive", order=order, rtol=rtol, atol=atol, h_init=h_init, pcoeff=pcoeff, icoeff=icoeff, dcoeff=dcoeff,
+        accept_safety=accept_safety, eta=eta, s_noise=s_noise, control="batch",
+    )
+    den = denoiser(model)
+    dtype = sigma_max.dtype if isinstance(sigma_max, torch.Tensor) else torch.float32
+    noise = None
+    if solver.stochastic:
+        if noise_sampler is not None:
+
+            def noise(s_from, s_to):  # batch control: every sample is at the same noise level
+                return noise_sampler(s_from[0].to(dtype), s_to[0].to(dtype))
+
+        else:
+            streams = PerSampleNoise(x, generator)
+
+            def noise(s_from, s_to):
+                return streams()
+
+    cb = None
+    if callback is not None:
+
+        def cb(info):
+            lam = info["lam"][0]
+            sig = torch.exp(-lam)
+            callback(
+                {
+                    "x": info["x"], "i": info["i"], "t": lam, "t_up": lam, "denoised": info["x0_hat"],
+                    "error": info["error"][0], "h": float(info["h"][0]), "steps": info["i"] + 1, "nfe": info["nfe"],
+                    "n_accept": info["n_accept"], "n_reject": info["n_reject"], "sigma": sig,
+                    "sigma_hat": sig,
+                }
+            )
+
+    x, info = solver.solve(den, x, hi, lo, dict(extra_args or {}), callback=cb, noise=noise)
+    if return_info:
+        return x, {k: info[k] for k in ("steps", "nfe", "n_accept", "n_reject")}
+    return x
+
+
+_K_SAMPLERS = {
+    f.solver_name: f
+    for f in (
+        sample_euler, sample_heun, sample_dpm_2, sample_lms, sample_euler_ancestral, sample_dpm_2_ancestral,
+        sample_dpmpp_2s_ancestral, sample_dpmpp_sde, sample_dpmpp_2m_sde, sample_dpmpp_3m_sde, sample_dpm_adaptive,
+    )
+}
 
 
 @torch.no_grad()
@@ -246,7 +504,7 @@ def sample_recipe(model, x, recipe, extra_args=None, callback=None, disable=None
 #: k-diffusion-style function name -> pfode solver name
 SAMPLERS: dict[str, str] = {}
 for _name in solvers.available():
-    _fn = _make_sampler(_name)
+    _fn = _K_SAMPLERS.get(_name) or _make_sampler(_name)
     globals()[_fn.__name__] = _fn
     SAMPLERS[_fn.__name__] = _name
     __all__.append(_fn.__name__)

@@ -5,6 +5,7 @@ objects can be passed to :func:`pfode.sample` directly. Each solver states ``ord
 ``evals_per_step`` and ``paper``.
 """
 
+from . import ancestral, dpm_adaptive, edm  # noqa: F401  (k-diffusion's samplers, registered on import)
 from .adaptive import Dopri5
 from .base import AdaptiveSolver, Point, Solver, SolverBase, Step, Table, available, describe, get, register
 from .exponential import DDIM, DEIS, IPNDM, DPMSolver, DPMSolverPP2S, DPMSolverPPMultistep, UniPC, phi

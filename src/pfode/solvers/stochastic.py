@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from .._checks import check_finite_float
+from .._checks import check_choice, check_finite_float
 from .base import Solver, register
 from .exponential import LinearStep, linear_update
 
@@ -55,12 +55,22 @@ class EulerMaruyama(_ReverseSDE):
 class DPMSolverPP2MSDE(_ReverseSDE):
     """SDE-DPM-Solver++(2M) (Lu et al., 2022b): exact linear part, second-order multistep ``x0_hat`` term.
 
-    ``x_next = (sigma_next/sigma) e^{-eta h} x + alpha_next (1 - e^{-(1+eta) h}) D_i
-    + alpha_next [h - (1 - e^{-(1+eta) h})/(1+eta)] (D_i - D_{i-1}) / h_prev + sigma_next sqrt(1 - e^{-2 eta h}) z``.
+    ``x_next = (sigma_next/sigma) e^{-eta h} x + alpha_next (1 - e^{-(1+eta) h}) D_i + alpha_next c (D_i - D_{i-1})
+    + s_noise sigma_next sqrt(1 - e^{-2 eta h}) z`` with, for ``solver_type="midpoint"`` (the paper's update, and
+    k-diffusion's default), ``c = (1 - e^{-(1+eta) h}) h / (2 h_prev)``, and for ``"heun"`` (pfode's default),
+    ``c = [h - (1 - e^{-(1+eta) h})/(1+eta)] / h_prev``.
     """
 
     name = "dpm++2m-sde"
     paper = "Lu et al., DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models, 2022"
+
+    def __init__(self, eta: float = 1.0, solver_type: str = "heun", s_noise: float = 1.0):
+        super().__init__(eta)
+        self.solver_type = check_choice("solver_type", solver_type, ("heun", "midpoint"))
+        self.s_noise = check_finite_float("s_noise", s_noise, 0.0)
+        self.stochastic = self.eta > 0 and self.s_noise > 0
+        if not self.stochastic:
+            self.order = 2  # the ODE solver DPM-Solver++(2M) (eta = 0); weak order 1 with noise
 
     def plan_step(self, table, i, n):
         p, q = table[i], table[i + 1]
@@ -70,7 +80,7 @@ class DPMSolverPP2MSDE(_ReverseSDE):
         w0, w1 = q.alpha * e, 0.0
         if i > 0:
             hp = p.lam - table[i - 1].lam
-            c = q.alpha * (h - e / g) / hp
+            c = q.alpha * (0.5 * e * h if self.solver_type == "midpoint" else h - e / g) / hp
             w0, w1 = w0 + c, -c
         return LinearStep(
             i=i,
@@ -78,7 +88,7 @@ class DPMSolverPP2MSDE(_ReverseSDE):
             history=1 if i > 0 else 0,
             cx=q.sigma / p.sigma * math.exp(-self.eta * h),
             w=(w0, w1),
-            cz=q.sigma * math.sqrt(-math.expm1(-2.0 * self.eta * h)),
+            cz=self.s_noise * q.sigma * math.sqrt(-math.expm1(-2.0 * self.eta * h)),
         )
 
 
