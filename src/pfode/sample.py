@@ -14,6 +14,7 @@ from . import adjoint
 from ._checks import check_choice, check_state
 from .grids import resolve
 from .predictions import VELOCITY_AT_ZERO, Denoiser, check_denoiser
+from .skipping import SkippingEvaluator, check_supported, resolve_skip
 from .solvers.base import Evaluator, Solver, Table, get, run
 from .tuning.recipe import Recipe
 
@@ -33,7 +34,8 @@ class SampleOutput:
         trajectory: states at every grid time (and the final zero-noise state), or ``None``.
         times: path times of the trajectory's states (``sigma = 0`` marks the denoised end).
         nfe: network evaluations spent (batched calls).
-        info: solver-specific extras (per-sample steps for ``dopri5``).
+        info: solver-specific extras (per-sample steps for ``dopri5``; with ``skip=``, ``"skipped"``: the grid steps
+            whose evaluation was replaced, and ``"stability"``: the criterion read at each step).
     """
 
     x: torch.Tensor
@@ -119,6 +121,7 @@ class Sampler:
         t_end: float | None = None,
         denoise: bool = True,
         recipe=None,
+        skip=None,
     ):
         check_denoiser(denoiser)
         self.denoiser = denoiser
@@ -152,6 +155,10 @@ class Sampler:
             self.plan = None
         else:
             self.plan = self.solver.plan(self.table)
+        # step skipping (SADA): a policy, checked against the solver's plan once
+        self.skip = resolve_skip(skip)
+        if self.skip is not None:
+            check_supported(self.skip, self.solver, self.plan)
         self._times: dict = {}
 
     @property
@@ -163,7 +170,8 @@ class Sampler:
         key = (x.shape[0], x.device, x.dtype)
         if key not in self._times:
             self._times[key] = Evaluator.times(self.denoiser, self.table, x)
-        return Evaluator(self.denoiser, self.table, x, cond, times=self._times[key])
+        ev = Evaluator(self.denoiser, self.table, x, cond, times=self._times[key])
+        return ev if self.skip is None else SkippingEvaluator(ev, self.table, self.skip, len(self.plan))
 
     def __call__(
         self,
@@ -183,6 +191,8 @@ class Sampler:
             self.recipe.check_shape(x_T)  # the path was checked when the sampler was prepared
             x_T = self.recipe.start(x_T, self.denoiser.path)
         if gradient != "backprop":
+            if self.skip is not None:
+                raise ValueError(f"skip={self.skip!r} is not supported with gradient={gradient!r} (use 'backprop')")
             if callback is not None or return_trajectory:
                 raise ValueError(f"gradient={gradient!r} supports neither callback nor return_trajectory")
             x = adjoint.attach(self, x_T, cond, gradient, params)
@@ -199,7 +209,8 @@ class Sampler:
         if check_finite and not bool(torch.isfinite(x).all()):
             self._locate_non_finite(x_T, cond, noise)
         if return_trajectory or return_info:
-            return SampleOutput(x, traj, self._times_list(), ev.count)
+            info = {} if self.skip is None else {"skipped": list(ev.skipped), "stability": dict(ev.stability)}
+            return SampleOutput(x, traj, self._times_list(), ev.count, info)
         return x
 
     def _times_list(self) -> list[float]:
@@ -284,11 +295,13 @@ _CACHE_SIZE = 8
 _SAMPLERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _prepared(denoiser, grid, solver, nfe, spacing, t_start, t_end, denoise) -> Sampler:
+def _prepared(denoiser, grid, solver, nfe, spacing, t_start, t_end, denoise, skip=None) -> Sampler:
     """A :class:`Sampler` for these arguments, from the denoiser's LRU cache when it has one."""
 
     def build():
-        return Sampler(denoiser, grid, solver, nfe=nfe, spacing=spacing, t_start=t_start, t_end=t_end, denoise=denoise)
+        return Sampler(
+            denoiser, grid, solver, nfe=nfe, spacing=spacing, t_start=t_start, t_end=t_end, denoise=denoise, skip=skip
+        )
 
     if not isinstance(denoiser, Denoiser):
         return build()  # Sampler raises the TypeError
@@ -299,6 +312,7 @@ def _prepared(denoiser, grid, solver, nfe, spacing, t_start, t_end, denoise) -> 
     else:
         grid_key = grid
     key = (denoiser.prediction, denoiser.time_input, solver, grid_key, nfe, spacing, t_start, t_end, bool(denoise))
+    key += (skip,)
     try:
         hash(key)
     except TypeError:  # an unhashable argument: no caching
@@ -336,6 +350,7 @@ def sample(
     check_finite: bool = True,
     gradient: str = "backprop",
     params=None,
+    skip=None,
 ):
     """Integrate the probability-flow ODE of ``denoiser`` from ``x_T`` along ``grid``.
 
@@ -364,6 +379,9 @@ def sample(
             (AdjointDPM, constant memory; solvers that supply :meth:`~pfode.solvers.Solver.adjoint_weights`).
             See :mod:`pfode.adjoint`.
         params: with an adjoint ``gradient``, the tensors to differentiate (default: the network's parameters).
+        skip: ``"sada"`` or a :class:`pfode.skipping.SADA` to replace network evaluations where SADA's stability
+            criterion holds (fixed-step ODE solvers evaluating once per step); skipped calls are not counted in
+            ``nfe`` and ``return_info`` lists them in ``info["skipped"]`` (grid steps). See :mod:`pfode.skipping`.
     Returns:
         the samples (shaped like ``x_T``), or a :class:`SampleOutput`.
 
@@ -371,7 +389,7 @@ def sample(
     denoiser and keyed by every argument that shapes it, so repeated calls skip the set-up.
     """
     check_choice("gradient", gradient, adjoint.GRADIENTS)
-    sampler = _prepared(denoiser, grid, solver, nfe, spacing, t_start, t_end, denoise)
+    sampler = _prepared(denoiser, grid, solver, nfe, spacing, t_start, t_end, denoise, skip)
     return sampler(
         x_T,
         callback=callback,
