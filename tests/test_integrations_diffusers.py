@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+import math
+import warnings
+
 import pytest
 import torch
 
@@ -136,7 +140,8 @@ def test_flow_configs():
         ({"variance_type": "learned"}, "variance_type", "fixed_small"),
         ({"variance_type": "weird"}, "variance_type", "fixed_large"),
         ({"prediction_type": "noise"}, "prediction_type", "v_prediction"),
-        ({"rescale_betas_zero_snr": True}, "rescale_betas_zero_snr", "False"),
+        ({"timestep_type": "weird"}, "timestep_type", "continuous"),
+        ({"_class_name": "EDMEulerScheduler", "sigma_data": 0.5}, "_class_name", "flow-matching"),
         (
             {"_class_name": "FlowMatchEulerDiscreteScheduler", "time_shift_type": "cubic"},
             "time_shift_type",
@@ -220,7 +225,9 @@ def test_learned_variance_unet_uses_first_channels(noise):
     # and in a pipeline
     pipe = DDPMPipeline(unet=model, scheduler=DDPMScheduler(variance_type="learned_range"))
     pipe.set_progress_bar_config(disable=True)
-    pipe.scheduler = pfd.PFODEScheduler.from_config(pipe.scheduler.config, solver="dpm++2m")
+    pipe.scheduler = pfd.PFODEScheduler.from_config(
+        pipe.scheduler.config, solver="dpm++2m", spacing="logsnr", clip_sample=False
+    )
     rec = _Recorder(pipe.scheduler)
     pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=4, output_type="pt")
     x = randn_tensor((2, 3, 8, 8), generator=torch.Generator().manual_seed(0))
@@ -314,7 +321,9 @@ def test_flow_match_euler_agreement(shift):
 def test_ddpm_pipeline_with_pfode_scheduler(unet):
     pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(prediction_type="v_prediction"))
     pipe.set_progress_bar_config(disable=True)
-    pipe.scheduler = pfd.PFODEScheduler.from_config(pipe.scheduler.config, solver="unipc", spacing="logsnr")
+    pipe.scheduler = pfd.PFODEScheduler.from_config(
+        pipe.scheduler.config, solver="unipc", spacing="logsnr", clip_sample=False
+    )
     assert (
         isinstance(pipe.scheduler, pfd.PFODEScheduler)
         and pipe.scheduler.config.prediction_type == "v_prediction"
@@ -362,7 +371,9 @@ def test_ddim_pipeline_matches_diffusers_ddim(unet):
 def test_multi_evaluation_solvers_in_pipeline(unet, solver):
     pipe = DDIMPipeline(unet=unet, scheduler=DDPMScheduler(prediction_type="v_prediction"))
     pipe.set_progress_bar_config(disable=True)
-    pipe.scheduler = pfd.PFODEScheduler.from_config(pipe.scheduler.config, solver=solver, spacing="karras")
+    pipe.scheduler = pfd.PFODEScheduler.from_config(
+        pipe.scheduler.config, solver=solver, spacing="karras", clip_sample=False
+    )
     rec = _Recorder(pipe.scheduler)
     pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=5, output_type="pt")
     s = pfode.solvers.get(solver)
@@ -522,7 +533,7 @@ def _recipe_for(den, skip: bool):
 
 
 def test_recipe_in_the_scheduler_and_pipelines(unet, noise, tmp_path):
-    cfg = DDPMScheduler(prediction_type="epsilon").config
+    cfg = DDPMScheduler(prediction_type="epsilon", clip_sample=False).config
     den = pfd.denoiser(unet, cfg)
     for skip in (False, True):
         r = _recipe_for(den, skip)
@@ -570,3 +581,324 @@ def test_schedule_attributes_pipelines_read():
     assert flow.sigma_max == 1.0 and 0 < flow.sigma_min < 0.01
     with pytest.raises(AttributeError, match="betas"):  # not a DDPM-style schedule
         _ = flow.betas
+
+
+# -- PFODEScheduler as a drop-in for the scheduler it replaces ------------------------------------------
+# A tamed model: the exact eps (or v) of Gaussian data N(mu, c^2 I) plus a small fixed nonlinear term, at any
+# (fractional) timestep. Samplers then produce unsaturated samples that depend on every step, so agreement to
+# 1e-5 is a real check; different samplers on the same grid differ by far more (checked below).
+class _Tamed:
+    def __init__(self, alphas_cumprod=None, pred="epsilon", mu=0.3, c=0.5, flow=False, continuous=False):
+        ac = alphas_cumprod if alphas_cumprod is not None else torch.ones(2)
+        self.lac = torch.log(torch.clamp(torch.as_tensor(ac).double(), min=2.0**-24))
+        self.pred, self.mu, self.c, self.flow, self.continuous = pred, mu, c, flow, continuous
+        self.w = torch.randn(4, 4, generator=torch.Generator().manual_seed(7)) / 2
+
+    def coefficients(self, t: float) -> tuple[float, float]:
+        if self.flow:
+            s = t / 1000.0
+            return 1.0 - s, s
+        if self.continuous:
+            a2 = 1.0 / (1.0 + math.exp(8.0 * t))
+        else:
+            i = min(max(int(math.floor(t)), 0), self.lac.numel() - 2)
+            a2 = math.exp(float(self.lac[i]) * (1 - (t - i)) + float(self.lac[i + 1]) * (t - i))
+        return a2**0.5, (1 - a2) ** 0.5
+
+    def __call__(self, x, t):
+        a, s = self.coefficients(float(torch.as_tensor(t).flatten()[0]))
+        xd = x.double()
+        eps = s * (xd - a * self.mu) / (a * a * self.c**2 + s * s)
+        eps = eps + 1e-2 * torch.tanh(torch.einsum("ij,bj...->bi...", self.w.double(), xd))
+        if self.pred == "epsilon":
+            return eps.to(x.dtype)
+        x0 = (xd - s * eps) / a if a > 0 else self.mu + 0 * xd
+        return ((eps - x0) if self.flow else (a * eps - s * x0)).to(x.dtype)
+
+
+def _loop(sched, model, steps, x, seed=None, start=0, **kw):
+    """The pipeline loop (latents * init_noise_sigma, scale_model_input, model, step) from timesteps[start]."""
+    sched.set_timesteps(steps, **kw)
+    x = x * getattr(sched, "init_noise_sigma", 1.0)
+    gen = None if seed is None else torch.Generator().manual_seed(seed)
+    for t in sched.timesteps[start:]:
+        inp = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
+        kw = {"generator": gen} if gen is not None and "generator" in inspect.signature(sched.step).parameters else {}
+        x = sched.step(model(inp, t), t, x, **kw).prev_sample
+    return x
+
+
+def _x(seed=1):
+    return torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(seed))
+
+
+SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+DROP_IN = [
+    # (diffusers scheduler, pfode solver, solver options, data mean); the model predicts the config's prediction_type
+    (diffusers.DDIMScheduler(clip_sample=False), "ddim", {}, 0.3),
+    (diffusers.DDIMScheduler(clip_sample=False, timestep_spacing="trailing"), "ddim", {}, 0.3),
+    # DDIMScheduler's steps land at t - N // n, not at the next "linspace" timestep: followed too
+    (diffusers.DDIMScheduler(clip_sample=False, timestep_spacing="linspace", set_alpha_to_one=False), "ddim", {}, 0.3),
+    (diffusers.DDIMScheduler(**SD, steps_offset=1, set_alpha_to_one=False, clip_sample=False), "ddim", {}, 0.3),
+    (diffusers.DDIMScheduler(clip_sample=True), "ddim", {}, 1.5),  # clipping active (data beyond 1)
+    (diffusers.DDIMScheduler(thresholding=True, sample_max_value=1.2, prediction_type="v_prediction"), "ddim", {}, 1.5),
+    (diffusers.DDPMScheduler(clip_sample=True), "ddpm", {}, 1.5),  # stochastic: the same noise
+    (diffusers.DPMSolverMultistepScheduler(timestep_spacing="leading", steps_offset=1), "dpm++2m", {}, 0.3),
+    (diffusers.DPMSolverMultistepScheduler(use_karras_sigmas=True, prediction_type="v_prediction"), "dpm++2m", {},
+     0.3),
+    (diffusers.DPMSolverMultistepScheduler(use_exponential_sigmas=True), "dpm++2m", {}, 0.3),
+    (diffusers.DPMSolverMultistepScheduler(use_lu_lambdas=True, final_sigmas_type="sigma_min"), "dpm++2m", {}, 0.3),
+    (diffusers.DPMSolverMultistepScheduler(thresholding=True), "dpm++2m", {}, 1.5),
+    (diffusers.DPMSolverMultistepScheduler(rescale_betas_zero_snr=True, timestep_spacing="trailing",
+                                           prediction_type="v_prediction"), "dpm++2m", {}, 0.3),
+    (diffusers.UniPCMultistepScheduler(use_karras_sigmas=True), "unipc", {}, 0.3),
+    (diffusers.DEISMultistepScheduler(), "deis", {"order": 2, "variable": "lam"}, 0.3),
+    (diffusers.EulerDiscreteScheduler(timestep_spacing="leading", steps_offset=1), "euler", {}, 0.3),
+    (diffusers.EulerDiscreteScheduler(use_beta_sigmas=True), "euler", {}, 0.3),
+    (diffusers.EulerDiscreteScheduler(rescale_betas_zero_snr=True, timestep_spacing="trailing",
+                                      prediction_type="v_prediction"), "euler", {}, 0.3),
+    (diffusers.HeunDiscreteScheduler(use_karras_sigmas=True), "heun", {}, 0.3),
+    (diffusers.HeunDiscreteScheduler(clip_sample=True, prediction_type="v_prediction"), "heun", {}, 1.5),
+]
+
+
+@pytest.mark.parametrize("ref, solver, options, mu", DROP_IN,
+                         ids=[f"{type(r).__name__[:-9]}{i}" for i, (r, *_) in enumerate(DROP_IN)])
+def test_from_config_is_a_drop_in(ref, solver, options, mu):
+    """from_config(cfg, solver=<the same algorithm>) gives the source's timesteps (values and dtype) and output."""
+    cfg = ref.config
+    ref = type(ref).from_config(cfg)
+    model = _Tamed(ref.alphas_cumprod, cfg.prediction_type, mu=mu)
+    steps = 7
+    want = _loop(ref, model, steps, _x(), seed=3)
+    ours = pfd.PFODEScheduler.from_config(cfg, solver=solver, solver_options=options)
+    got = _loop(ours, model, steps, _x(), seed=3)
+    assert torch.equal(ours.timesteps, ref.timesteps) and ours.timesteps.dtype == ref.timesteps.dtype
+    assert _rel(got, want) < 1e-5
+    assert 0.05 < float(want.std()) < 3  # not saturated
+    # another algorithm on the same grid is far away: the comparison is not vacuous
+    other = pfd.PFODEScheduler.from_config(cfg, solver="dpm++3m" if solver != "dpm++3m" else "ddim")
+    assert _rel(_loop(other, model, steps, _x(), seed=3), want) > 1e-3
+
+
+def test_keys_change_the_grid_and_the_result():
+    """Each key is honoured: changing it changes the timesteps as in diffusers (the old code ignored them)."""
+    base = pfd.PFODEScheduler.from_config(diffusers.EulerDiscreteScheduler().config).set_timesteps(6).timesteps
+    for kw in [dict(timestep_spacing="trailing"), dict(timestep_spacing="leading"),
+               dict(timestep_spacing="leading", steps_offset=1), dict(use_karras_sigmas=True),
+               dict(use_exponential_sigmas=True), dict(use_beta_sigmas=True)]:
+        ref = diffusers.EulerDiscreteScheduler(**kw)
+        ref.set_timesteps(6)
+        ours = pfd.PFODEScheduler.from_config(ref.config, solver="euler").set_timesteps(6)
+        assert torch.equal(ours.timesteps, ref.timesteps) and not torch.equal(ours.timesteps, base), kw
+    # a pfode grid on request (the grid flags are then overridden, and said so)
+    ref = diffusers.DPMSolverMultistepScheduler(use_karras_sigmas=True)
+    with pytest.warns(UserWarning, match="use_karras_sigmas=True"):
+        ours = pfd.PFODEScheduler.from_config(ref.config, spacing="logsnr")
+    ours.set_timesteps(6)
+    den = pfd.denoiser(lambda x, t: x, ours.config)
+    g = pfode.grid(den.path, 5, "logsnr", t_end=den.path.t_min)
+    assert torch.allclose(ours.timesteps.double(), den.path.index_of_t(g).float().double(), atol=1e-3)
+    # use_karras_sigmas on a source without it (DDIM): Euler's Karras grid on DDIM's "leading" sigma range
+    ours = pfd.PFODEScheduler.from_config(diffusers.DDIMScheduler().config, use_karras_sigmas=True)
+    k = diffusers.EulerDiscreteScheduler(timestep_spacing="leading", use_karras_sigmas=True)
+    k.set_timesteps(6)
+    assert torch.equal(ours.set_timesteps(6).timesteps, k.timesteps)
+
+
+def test_set_alpha_to_one_and_final_alpha_cumprod():
+    for one in (True, False):
+        ref = diffusers.DDIMScheduler(set_alpha_to_one=one, steps_offset=1, clip_sample=False)
+        ours = pfd.PFODEScheduler.from_config(ref.config, solver="ddim")
+        assert float(ours.final_alpha_cumprod) == pytest.approx(float(ref.final_alpha_cumprod), rel=1e-6)
+        model = _Tamed(ref.alphas_cumprod)
+        assert _rel(_loop(ours, model, 5, _x()), _loop(ref, model, 5, _x())) < 1e-5
+    # the pfode grids end where the config says, unless final_sigma says otherwise
+    cfg = diffusers.DDIMScheduler(set_alpha_to_one=False).config
+    assert not pfd.PFODEScheduler.from_config(cfg, spacing="logsnr").set_timesteps(5)._prog.g.zero
+    assert pfd.PFODEScheduler.from_config(cfg, spacing="logsnr", final_sigma="zero").set_timesteps(5)._prog.g.zero
+
+
+def test_ddim_use_clipped_model_output():
+    """DDIMScheduler's clipping keeps the model's noise unless use_clipped_model_output=True: both followed."""
+    ref = diffusers.DDIMScheduler(clip_sample=True, clip_sample_range=0.8)
+    ours = pfd.PFODEScheduler.from_config(ref.config, solver="ddim")
+    model = _Tamed(ref.alphas_cumprod, mu=1.2)
+    outs = []
+    for use in (False, True):
+        for sched in (ref, ours):
+            sched.set_timesteps(5)
+            x = _x()
+            for t in sched.timesteps:
+                x = sched.step(model(x, t), t, x, use_clipped_model_output=use).prev_sample
+            outs.append(x)
+    assert _rel(outs[1], outs[0]) < 1e-5 and _rel(outs[3], outs[2]) < 1e-5 and _rel(outs[2], outs[0]) > 1e-3
+
+
+def test_zero_terminal_snr():
+    ref = diffusers.DDIMScheduler(rescale_betas_zero_snr=True, timestep_spacing="trailing", clip_sample=False,
+                                  prediction_type="v_prediction")
+    ours = pfd.PFODEScheduler.from_config(ref.config, solver="ddim")
+    assert torch.equal(ours.betas, ref.betas) and float(ours.betas[-1]) == 1.0
+    assert torch.equal(ours.alphas_cumprod, ref.alphas_cumprod) and float(ours.alphas_cumprod[-1]) == 0.0
+    euler = diffusers.EulerDiscreteScheduler.from_config(ref.config)
+    assert ours.sigma_max == pytest.approx(float(euler.sigmas[0]), rel=1e-6)  # sigma at 2**-24
+    e_ours = pfd.PFODEScheduler.from_config(euler.config)
+    assert torch.equal(e_ours.alphas_cumprod, euler.alphas_cumprod)
+    model = _Tamed(ref.alphas_cumprod, "v_prediction")
+    # DDIMScheduler has alpha = 0 at the first timestep; the path uses alpha^2 = 2**-24 there
+    assert _rel(_loop(ours, model, 6, _x()), _loop(ref, model, 6, _x())) < 2e-3
+
+
+def test_heun_timesteps_and_two_stage_grids():
+    """spacing="HeunDiscreteScheduler" used to crash on its repeated timesteps; KDPM2's are refused clearly."""
+    for ref in (diffusers.HeunDiscreteScheduler(), diffusers.DDIMScheduler(clip_sample=False)):
+        ours = pfd.PFODEScheduler.from_config(ref.config, solver="heun", spacing="HeunDiscreteScheduler")
+        # every value of the config is kept, defaults of the source included (diffusers' from_config would give
+        # keys that DDIMScheduler left at their defaults HeunDiscreteScheduler's defaults: other betas)
+        keys = inspect.signature(diffusers.HeunDiscreteScheduler.__init__).parameters
+        heun = diffusers.HeunDiscreteScheduler(**{k: v for k, v in ref.config.items() if k in keys})
+        model = _Tamed(heun.alphas_cumprod)
+        want, got = _loop(heun, model, 5, _x()), _loop(ours, model, 5, _x())
+        assert torch.equal(ours.timesteps, heun.timesteps) and ours.order == heun.order == 2
+        assert _rel(got, want) < 1e-5
+    # a one-stage solver on Heun's grid evaluates each time once
+    ours = pfd.PFODEScheduler(solver="euler", spacing="HeunDiscreteScheduler").set_timesteps(5)
+    assert torch.equal(ours.timesteps, torch.unique_consecutive(heun.timesteps))
+    with pytest.raises(ValueError, match="KDPM2|between its sigmas"):
+        pfd.PFODEScheduler(spacing="KDPM2DiscreteScheduler").set_timesteps(5)
+
+
+def test_as_many_steps_as_training_timesteps():
+    n = 50
+    for cls, solver in [(diffusers.DDIMScheduler, "ddim"), (diffusers.DPMSolverMultistepScheduler, "dpm++2m")]:
+        ref = cls(num_train_timesteps=n)
+        ours = pfd.PFODEScheduler.from_config(ref.config, solver=solver)
+        x = _loop(ours, _Tamed(ref.alphas_cumprod), n, _x())
+        assert bool(torch.isfinite(x).all())
+        assert torch.equal(ours.timesteps, torch.unique_consecutive(ours.timesteps))  # one zero-length step dropped
+    assert len(ours.timesteps) == n - 1  # DPM-Solver repeats one timestep at n = N (and returns NaN)
+    with pytest.raises(ValueError, match="cannot be larger"):  # where diffusers refuses, so do we
+        pfd.PFODEScheduler.from_config(diffusers.DDIMScheduler(num_train_timesteps=n).config).set_timesteps(n + 1)
+    with pytest.raises(ValueError, match="num_inference_steps=51"):
+        pfd.PFODEScheduler(num_train_timesteps=n, spacing="leading").set_timesteps(n + 1)
+    assert len(pfd.PFODEScheduler(num_train_timesteps=n).set_timesteps(n + 10).timesteps) == n + 10  # pfode grids
+
+
+@pytest.mark.parametrize(
+    "ref, solver",
+    [(diffusers.DPMSolverMultistepScheduler(), "dpm++2m"), (diffusers.HeunDiscreteScheduler(), "heun"),
+     (diffusers.EulerDiscreteScheduler(), "euler")],
+    ids=["dpm", "heun", "euler"],
+)
+def test_starting_mid_schedule(ref, solver):
+    """An img2img loop from timesteps[k:] works without set_begin_index, starting where diffusers'
+    index_for_timestep does (the second place of a repeated timestep), with add_noise at that place."""
+    ours = pfd.PFODEScheduler.from_config(ref.config, solver=solver)
+    model = _Tamed(ref.alphas_cumprod)
+    k = 2 * ref.order  # the first evaluation of a solver step
+    outs = []
+    for sched in (ref, ours):
+        sched.set_timesteps(6)
+        sched.set_begin_index(k)  # as img2img pipelines do before add_noise
+        y = sched.add_noise(_x(), _x(2), sched.timesteps[k : k + 1])
+        sched.set_timesteps(6)  # no begin index now: the loop below infers it
+        for t in sched.timesteps[k:]:
+            y = sched.step(model(sched.scale_model_input(y, t), t), t, y).prev_sample
+        outs.append(y)
+    assert _rel(outs[1], outs[0]) < 1e-5 and ours.index_for_timestep(ours.timesteps[k]) == k
+    ours.set_timesteps(6)
+    with pytest.raises(ValueError, match="one of the timesteps"):
+        ours.step(_x(), 12345, _x())
+    if ours.order == 2:
+        with pytest.raises(ValueError, match="first evaluation of a solver step"):
+            ours.set_begin_index(1)
+
+
+def test_timestep_dtypes_and_compatibles():
+    vp = (diffusers.DDIMScheduler(), diffusers.DPMSolverMultistepScheduler(), diffusers.UniPCMultistepScheduler())
+    for ref in vp:
+        assert pfd.PFODEScheduler.from_config(ref.config).set_timesteps(7).timesteps.dtype == torch.int64
+        # pfode grids: int64 where the times are integral, float32 where they are not
+        assert pfd.PFODEScheduler.from_config(ref.config, spacing="leading").set_timesteps(7).timesteps.dtype == (
+            torch.int64)
+        assert pfd.PFODEScheduler.from_config(ref.config, spacing="logsnr").set_timesteps(7).timesteps.dtype == (
+            torch.float32)
+    for ref in (diffusers.EulerDiscreteScheduler(), diffusers.HeunDiscreteScheduler(),
+                diffusers.LMSDiscreteScheduler(), diffusers.FlowMatchEulerDiscreteScheduler()):
+        for spacing in (None, "uniform"):
+            ours = pfd.PFODEScheduler.from_config(ref.config, spacing=spacing).set_timesteps(7)
+            assert ours.timesteps.dtype == torch.float32, (type(ref).__name__, spacing)
+    vp = {c.__name__ for c in pfd.PFODEScheduler.from_config(diffusers.DDIMScheduler().config).compatibles}
+    flow = {c.__name__ for c in pfd.PFODEScheduler.from_config(
+        diffusers.FlowMatchEulerDiscreteScheduler().config).compatibles}
+    assert "DDIMScheduler" in vp and "EulerDiscreteScheduler" in vp and "PFODEScheduler" in vp
+    assert not any(n.startswith("FlowMatch") or n.startswith("EDM") for n in vp)
+    assert "FlowMatchEulerDiscreteScheduler" in flow and "DDIMScheduler" not in flow
+    for name in ("DDIMScheduler", "EulerDiscreteScheduler", "UniPCMultistepScheduler"):  # they read our config back
+        assert getattr(diffusers, name).from_config(pfd.PFODEScheduler().config).config.num_train_timesteps == 1000
+
+
+def test_unhonoured_keys_warn():
+    with pytest.warns(UserWarning, match="stochastic_sampling=True"):
+        pfd.PFODEScheduler.from_config(diffusers.FlowMatchEulerDiscreteScheduler(stochastic_sampling=True).config)
+    with pytest.warns(UserWarning, match="skip_prk_steps"):  # a plain dict without a source scheduler
+        pfd.PFODEScheduler.from_config({"num_train_timesteps": 1000, "skip_prk_steps": True})
+    with pytest.warns(UserWarning, match="use_lu_lambdas=True"):
+        pfd.PFODEScheduler.from_config(diffusers.DPMSolverMultistepScheduler(use_lu_lambdas=True).config,
+                                       spacing="karras")
+    with pytest.warns(UserWarning, match="use_beta_sigmas=True"):
+        pfd.PFODEScheduler(use_beta_sigmas=True, spacing="trailing")
+    with warnings.catch_warnings():  # the usual swaps are silent
+        warnings.simplefilter("error", UserWarning)
+        for ref in (diffusers.DDIMScheduler(), diffusers.DPMSolverMultistepScheduler(use_karras_sigmas=True),
+                    diffusers.PNDMScheduler(skip_prk_steps=True), diffusers.FlowMatchEulerDiscreteScheduler()):
+            pfd.PFODEScheduler.from_config(ref.config).set_timesteps(4)
+
+
+def test_common_scheduler_behaviours(tmp_path):
+    """What diffusers' common scheduler tests check: config round trip, step outputs, add_noise, custom timesteps
+    and sigmas, set_begin_index, v-prediction and trained betas."""
+    ref = diffusers.DPMSolverMultistepScheduler(use_karras_sigmas=True, prediction_type="v_prediction",
+                                                trained_betas=torch.linspace(1e-4, 0.02, 1000).tolist())
+    ours = pfd.PFODEScheduler.from_config(ref.config, solver="dpm++2m")
+    assert torch.equal(ours.betas, ref.betas) and ours.config.prediction_type == "v_prediction"
+    ours.save_config(tmp_path)
+    back = pfd.PFODEScheduler.from_pretrained(tmp_path)
+    assert back.config.source == "DPMSolverMultistepScheduler" and back.config.use_karras_sigmas
+    assert back.config.lambda_min_clipped == ref.config.lambda_min_clipped  # the source's own keys are kept
+    assert torch.equal(back.set_timesteps(6).timesteps, ours.set_timesteps(6).timesteps)
+    model = _Tamed(ref.alphas_cumprod, "v_prediction")
+    assert _rel(_loop(back, model, 6, _x()), _loop(ref, model, 6, _x())) < 1e-5
+    # step outputs
+    x = _x()
+    t = back.timesteps[0]
+    out = back.step(model(x, t), t, x)
+    assert out.prev_sample.shape == x.shape and out.pred_original_sample.shape == x.shape
+    tup = back.set_timesteps(6).step(model(x, t), t, x, return_dict=False)
+    assert isinstance(tup, tuple) and torch.equal(tup[0], out.prev_sample)
+    # add_noise at schedule timesteps: the schedule's own (Karras) sigmas, as DPMSolverMultistepScheduler
+    ref.set_timesteps(6)
+    ts = ref.timesteps[[1, 3]]
+    assert torch.allclose(back.add_noise(x, _x(2), ts), ref.add_noise(x, _x(2), ts), atol=1e-5)
+    # custom timesteps (DDPM) and custom sigmas (Euler) go through the source scheduler
+    custom = [901, 700, 433, 211, 37]
+    ddpm = diffusers.DDPMScheduler(clip_sample=False)
+    ddpm.set_timesteps(timesteps=custom)
+    ours = pfd.PFODEScheduler.from_config(ddpm.config, solver="ddpm")
+    ours.set_timesteps(timesteps=custom)
+    assert torch.equal(ours.timesteps, ddpm.timesteps)
+    m = _Tamed(ddpm.alphas_cumprod)
+    got, want = _x(), _x()
+    gens = [torch.Generator().manual_seed(4) for _ in range(2)]
+    for tt in ddpm.timesteps:
+        want = ddpm.step(m(want, tt), tt, want, generator=gens[0]).prev_sample
+        got = ours.step(m(got, tt), tt, got, generator=gens[1]).prev_sample
+    assert _rel(got, want) < 1e-5
+    sig = [14.0, 5.0, 1.5, 0.4, 0.05, 0.0]
+    euler = diffusers.EulerDiscreteScheduler()
+    euler.set_timesteps(sigmas=sig)
+    ours = pfd.PFODEScheduler.from_config(euler.config, solver="euler").set_timesteps(sigmas=sig)
+    assert torch.allclose(ours.timesteps, euler.timesteps) and ours.timesteps.dtype == torch.float32
+    m = _Tamed(euler.alphas_cumprod)
+    assert _rel(_loop(ours, m, None, _x(), sigmas=sig), _loop(euler, m, None, _x(), sigmas=sig)) < 1e-5

@@ -55,17 +55,27 @@ and pass it to :func:`pfode.sample`.
   ``lower_order_final=True`` (both defaults; for order 2 they only touch that last step),
   ``euler_at_final=False``, ``thresholding=False`` and no ``use_karras_sigmas``/``use_exponential_sigmas``/
   ``use_lu_lambdas`` (those produce fractional timesteps whose sigmas diffusers interpolates in
-  log-sigma, while :class:`~pfode.paths.VPDiscrete` interpolates ``log alpha`` in ``t``).
+  log-sigma, while :class:`~pfode.paths.VPDiscrete` interpolates ``log alpha`` in ``t``; :class:`PFODEScheduler`
+  follows them, below).
   ``final_sigmas_type="sigma_min"`` (grid ending at ``t = 1/N``, ``denoise=False``) matches too: on grids of
   fewer than 15 steps both make the last step first order when ``lower_order_final=True``.
 * ``FlowMatchEulerDiscreteScheduler`` == pfode ``"euler"`` with ``variable="t"`` on the grid
   ``t = scheduler.sigmas[:-1]`` and ``denoise=True`` (its final step to ``sigma = 0`` is
   ``x - sigma * v = x0_hat``).
 
-:class:`PFODEScheduler` reproduces these inside a pipeline with ``spacing`` set to the scheduler's
-class name (``spacing="DPMSolverMultistepScheduler"`` takes that scheduler's timesteps) or to
-``"leading"``/``"trailing"``/``"linspace"`` (``DDIMScheduler``'s definitions; for flow matching
-``"linspace"`` is ``FlowMatchEulerDiscreteScheduler``'s shifted schedule).
+PFODEScheduler as a drop-in
+---------------------------
+``PFODEScheduler.from_config(pipe.scheduler.config, solver=...)`` keeps the replaced ("source") scheduler's
+timesteps: they come from the source class's own ``set_timesteps`` on the same config (``timestep_spacing``,
+``steps_offset``, Karras/exponential/beta sigmas, ``use_lu_lambdas``, ``final_sigmas_type``, shifts, custom
+``timesteps``/``sigmas``), with the source's dtype, and the internal grid sits at the source's sigmas. With the
+same algorithm the outputs then agree to float32 round-off (``benchmarks/agree_diffusers.py``): DDPM
+(``"ddpm"``, the same generator), DDIM (``"ddim"``, its ``t - N // n`` step targets and its clipping
+convention included), DPM-Solver++(2M) (``"dpm++2m"``), UniPC (``"unipc"``), DEIS order 2 (``"deis"`` with
+``order=2, variable="lam"``), Euler and Heun (``"euler"``, ``"heun"``), FlowMatchEuler and FlowMatchHeun
+(``variable="t"``). ``spacing="logsnr"`` (or any pfode spacing) opts in to a pfode grid instead.
+``set_alpha_to_one``, ``clip_sample``/``thresholding`` and ``rescale_betas_zero_snr`` are honoured; a key that
+cannot be honoured gets a warning naming it. See :class:`PFODEScheduler` for the rules.
 """
 
 from __future__ import annotations
@@ -73,6 +83,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -82,7 +93,7 @@ import torch
 try:
     import diffusers as _diffusers
     from diffusers.configuration_utils import ConfigMixin, register_to_config
-    from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
     from diffusers.utils import BaseOutput
     from diffusers.utils.torch_utils import randn_tensor
 except ImportError as e:  # pragma: no cover - exercised only without diffusers
@@ -94,10 +105,12 @@ from .._checks import as_f64, check_choice, check_finite_float, check_int
 from ..engine import drive
 from ..grids import SPACINGS, as_grid
 from ..grids import grid as make_grid
+from ..guidance import threshold_x0
 from ..paths import Linear, Path, VPDiscrete
 from ..predictions import Coeffs, Denoiser, get_prediction
 from ..solvers.base import Solver, Table
 from ..solvers.base import get as get_solver
+from ..solvers.exponential import DDIM
 
 __all__ = [
     "PathSpec",
@@ -169,6 +182,7 @@ def betas_from_config(config) -> torch.Tensor:
     (``linspace(beta_start, beta_end, N)``), ``"scaled_linear"`` (``linspace(sqrt(beta_start),
     sqrt(beta_end), N) ** 2``) or ``"squaredcos_cap_v2"`` (the improved-DDPM cosine betas
     ``min(1 - abar((i + 1)/N) / abar(i/N), 0.999)``, ``abar(t) = cos((t + 0.008)/1.008 pi/2)^2``).
+    ``rescale_betas_zero_snr=True`` then rescales them to zero terminal SNR (the last beta is 1).
     """
     cfg = _as_config(config)
     n = _n_train(cfg)
@@ -177,20 +191,33 @@ def betas_from_config(config) -> torch.Tensor:
         b = torch.tensor(np.asarray(trained, dtype=np.float64), dtype=torch.float32).flatten()
         if b.numel() != n:
             raise ValueError(f"trained_betas has {b.numel()} entries but num_train_timesteps={n}")
-        return b
+        return _zero_terminal_snr(b) if cfg.get("rescale_betas_zero_snr") else b
     schedule = cfg.get("beta_schedule", "linear")
     b0, b1 = float(cfg.get("beta_start", 0.0001)), float(cfg.get("beta_end", 0.02))
     if schedule == "linear":
-        return torch.linspace(b0, b1, n, dtype=torch.float32)
-    if schedule == "scaled_linear":
-        return torch.linspace(b0**0.5, b1**0.5, n, dtype=torch.float32) ** 2
-    if schedule == "squaredcos_cap_v2":
+        b = torch.linspace(b0, b1, n, dtype=torch.float32)
+    elif schedule == "scaled_linear":
+        b = torch.linspace(b0**0.5, b1**0.5, n, dtype=torch.float32) ** 2
+    elif schedule == "squaredcos_cap_v2":
 
         def abar(t):
             return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
 
-        return torch.tensor([min(1 - abar((i + 1) / n) / abar(i / n), 0.999) for i in range(n)], dtype=torch.float32)
-    raise _unsupported("beta_schedule", schedule, BETA_SCHEDULES, " (or give trained_betas)")
+        b = torch.tensor([min(1 - abar((i + 1) / n) / abar(i / n), 0.999) for i in range(n)], dtype=torch.float32)
+    else:
+        raise _unsupported("beta_schedule", schedule, BETA_SCHEDULES, " (or give trained_betas)")
+    return _zero_terminal_snr(b) if cfg.get("rescale_betas_zero_snr") else b
+
+
+def _zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Lin et al. (2024), "Common Diffusion Noise Schedules and Sample Steps are Flawed", Algorithm 1: shift and
+    scale ``sqrt(alphas_cumprod)`` so that it is 0 at the last timestep and unchanged at the first (float32)."""
+    root = torch.cumprod(1.0 - betas, dim=0).sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * (first / (first - last))
+    abar = root**2
+    alphas = torch.cat([abar[:1], abar[1:] / abar[:-1]])
+    return 1.0 - alphas
 
 
 class _ScaledTime:
@@ -202,6 +229,18 @@ class _ScaledTime:
 
     def __call__(self, t):
         return as_f64(t) * self.scale
+
+
+class _LogSigmaTime:
+    """Network time ``0.25 log(sigma/alpha)`` (diffusers' ``timestep_type="continuous"`` for v-prediction)."""
+
+    __name__ = "0.25*log(s)"
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, t):
+        return 0.25 * torch.log(self.path.s(as_f64(t)))
 
 
 @dataclass(frozen=True)
@@ -219,6 +258,8 @@ class PathSpec:
         use_dynamic_shifting: flow matching with a resolution-dependent shift ``mu`` given at sampling time.
         time_shift_type: ``"exponential"`` (``shift = e^mu``) or ``"linear"`` (``shift = mu``).
         learned_variance: the model returns ``2C`` channels (mean part first).
+        timestep_type: ``"discrete"`` (the network sees the training index) or ``"continuous"`` (it sees
+            ``0.25 log(sigma/alpha)``, diffusers' ``timestep_type="continuous"`` with v-prediction).
     """
 
     path: Path
@@ -231,15 +272,20 @@ class PathSpec:
     use_dynamic_shifting: bool = False
     time_shift_type: str = "exponential"
     learned_variance: bool = False
+    timestep_type: str = "discrete"
 
     # -- timesteps <-> path time -------------------------------------------------------------
     def t_of_timestep(self, timestep) -> torch.Tensor:
         """Path time (float64) of diffusers timesteps: ``(ts + 1) / N`` (DDPM) or ``ts / N`` (flow)."""
         ts = as_f64(timestep)
+        if self.timestep_type == "continuous":
+            return self.path.t_of_s(torch.exp(4.0 * ts))
         return (ts + 1.0 if self.family == "ddpm" else ts) / self.num_train_timesteps
 
     def timestep_of_t(self, t) -> torch.Tensor:
         """Diffusers timestep (float64) of path time ``t``: ``N t - 1`` (DDPM) or ``N t`` (flow)."""
+        if self.timestep_type == "continuous":
+            return 0.25 * torch.log(self.path.s(as_f64(t)))
         tn = as_f64(t) * self.num_train_timesteps
         return tn - 1.0 if self.family == "ddpm" else tn
 
@@ -282,14 +328,27 @@ def path_from_config(scheduler_config, *, learned_variance: str = "error") -> Pa
             PNDM, DPM-Solver, UniPC, Euler, ...) or of a flow-matching scheduler.
         learned_variance: ``"error"`` (default) refuses ``variance_type="learned"``/``"learned_range"``;
             ``"drop"`` accepts it (the model's first ``C`` output channels are used, see the module notes).
+    ``rescale_betas_zero_snr=True`` (zero terminal SNR, Lin et al. 2024) rescales the betas; the last training
+    timestep then has ``alpha = 0``, where no ``log``-SNR exists, so the path's table puts ``alphas_cumprod[-1] =
+    2**-24`` there, as diffusers' sigma-based schedulers (Euler, DPM-Solver, UniPC) do (``DDIMScheduler`` uses
+    exactly 0: with a v-prediction model the first step then differs by about ``2**-12`` relative). Where
+    ``alphas_cumprod[-2]`` is already below ``2**-24`` (linear betas) the table continues geometrically instead.
+
     Raises:
         ValueError naming the offending key and the supported values for unknown ``beta_schedule``,
-        ``prediction_type``, ``variance_type``, ``time_shift_type`` and for ``rescale_betas_zero_snr=True``
-        or ``invert_sigmas=True``.
+        ``prediction_type``, ``variance_type``, ``time_shift_type``, ``timestep_type``, for ``invert_sigmas=True``
+        and for EDM-preconditioned configs (``sigma_data``), which are not DDPM-style schedules.
     """
     check_choice("learned_variance", learned_variance, ("error", "drop"))
     cfg = _as_config(scheduler_config)
     n = _n_train(cfg)
+    name = cfg.get("_class_name")
+    if "sigma_data" in cfg or (isinstance(name, str) and name.startswith(("EDM", "CosineDPMSolver"))):
+        raise ValueError(
+            f"_class_name={name!r}: EDM-preconditioned schedules (sigma_data, sigma_min, sigma_max) are not DDPM-style "
+            "beta schedules or flow matching; supported: DDPM-style configs (beta_schedule, trained_betas) and flow-"
+            "matching configs. Use pfode.paths.EDM with pfode.sample for EDM models"
+        )
     variance = cfg.get("variance_type")
     learned = variance in _LEARNED_VARIANCES
     if learned and learned_variance == "error":
@@ -326,20 +385,29 @@ def path_from_config(scheduler_config, *, learned_variance: str = "error") -> Pa
     pt = cfg.get("prediction_type", "epsilon")
     if pt not in PREDICTION_TYPES:
         raise _unsupported("prediction_type", pt, PREDICTION_TYPES, " (and 'flow_prediction' with use_flow_sigmas)")
-    if cfg.get("rescale_betas_zero_snr"):
-        raise ValueError(
-            "rescale_betas_zero_snr=True is not supported (zero terminal SNR puts alpha = 0 at the last "
-            "timestep, where a VP table has no finite log-SNR); supported value: False"
-        )
+    tt = cfg.get("timestep_type", "discrete")
+    if tt not in ("discrete", "continuous"):
+        raise _unsupported("timestep_type", tt, ("discrete", "continuous"))
+    if pt != "v_prediction":
+        tt = "discrete"  # diffusers' EulerDiscreteScheduler uses continuous timesteps with v-prediction only
     betas = betas_from_config(cfg)
+    if cfg.get("rescale_betas_zero_snr"):
+        ac = torch.cumprod(1.0 - betas.to(torch.float64), 0)
+        # 2**-24 as diffusers' sigma schedulers; below an alphas_cumprod[-2] that is smaller still (linear betas), the
+        # geometric continuation of the table keeps it decreasing
+        ac[-1] = 2.0**-24 if float(ac[-2]) > 2.0**-24 else float(ac[-2] ** 2 / ac[-3])
+        path = VPDiscrete(alphas_cumprod=ac)
+    else:
+        path = VPDiscrete(betas=betas.to(torch.float64))
     return PathSpec(
-        path=VPDiscrete(betas=betas.to(torch.float64)),
+        path=path,
         prediction=PREDICTION_TYPES[pt],
-        time_input="index",
+        time_input=_LogSigmaTime(path) if tt == "continuous" else "index",
         family="ddpm",
         num_train_timesteps=n,
         prediction_type=pt,
         learned_variance=learned,
+        timestep_type=tt,
     )
 
 
@@ -467,23 +535,95 @@ class PFODESchedulerOutput(BaseOutput):
     pred_original_sample: torch.Tensor | None = None
 
 
-class _Program:
-    """A solver's plan on one grid, and the points of the network evaluations it will make, in order."""
+@dataclass
+class _Grid:
+    """The times of a sampling run, before a solver plans it.
 
-    def __init__(self, solver: Solver, spec: PathSpec, grid: torch.Tensor, zero_end: bool):
-        self.grid, self.zero_end = grid, zero_end
-        self.table = Table(spec.path, grid, zero_end)
-        self.plan = solver.plan(self.table)
-        self.points: list[int] = []  # the point of each evaluation
+    ``times``: float64 path times, decreasing: the grid (consecutive steps), or with ``targets`` the start of every
+    step. ``zero``: the run ends with the step to zero noise. ``net``: the network timestep of each time (a source
+    scheduler's own timesteps; ``None``: ``spec.timestep_of_t``). ``dtype``: of ``timesteps``. ``targets``: per
+    step, the time it lands at (``None``: zero noise) when that is not the next start (``DDIMScheduler``).
+    ``tail``: one more evaluation at the last time, after the last step, that leaves the state unchanged
+    (``DDIMScheduler`` ending at timestep 0 with ``set_alpha_to_one=False``). ``init_sigma``: the pipeline's
+    ``init_noise_sigma``.
+    """
+
+    times: torch.Tensor
+    zero: bool
+    net: torch.Tensor | None = None
+    dtype: torch.dtype | None = None
+    targets: list | None = None
+    tail: bool = False
+    init_sigma: float = 1.0
+
+
+class _Program:
+    """A solver's plan on one :class:`_Grid`, and the points of the network evaluations it will make, in order.
+
+    Consecutive grids run on one :class:`~pfode.solvers.base.Table`; with ``targets`` every step has its own
+    two-point table (start, target) and the state is carried to the next start as it is.
+    """
+
+    def __init__(self, solver: Solver, spec: PathSpec, g: _Grid):
+        self.g = g
+        path, times = spec.path, g.times
+        n_start = len(times) - int(g.tail)
+        if g.targets is None and g.tail:
+            # the source's last step has zero length (it ends where its last evaluation is): plan it as a step (a
+            # hair long), so that lower-order final steps fall where the source has them, then drop it
+            tiny = times[-1:] * (1.0 - 1e-9)
+            table = Table(path, torch.cat([times, tiny]), False)
+            self.plan = solver.plan(table)[:-1]
+            self.tables = [table] * len(self.plan)
+            end = table[len(times) - 1]
+        elif g.targets is None:
+            table = Table(path, times, g.zero)
+            self.plan = solver.plan(table)
+            self.tables = [table] * len(self.plan)
+            end = table[table.n_steps]
+        else:
+            self.tables, self.plan = [], []
+            for m in range(n_start):
+                b = g.targets[m]
+                tb = Table(path, torch.tensor([float(times[m])] if b is None else [float(times[m]), b],
+                                              dtype=torch.float64), b is None)
+                (st,) = solver.plan(tb)
+                self.tables.append(tb)
+                self.plan.append(st)
+            end = self.tables[-1][self.tables[-1].n_steps] if self.tables else None
+        self.points: list[tuple[int, int]] = []  # (plan step, table point) of each evaluation
         self.first: list[int] = []  # the first evaluation of each plan step
         x, hist = torch.zeros(1, dtype=torch.float64), None
         for m, st in enumerate(self.plan):  # trace the evaluation order with a dummy state
             self.first.append(len(self.points))
             program = solver.program(x, hist, st, lambda: torch.zeros(1, dtype=torch.float64))
-            x, hist, _ = drive(program, lambda xx, k: self.points.append(k) or torch.zeros_like(xx))
+            x, hist, _ = drive(program, lambda xx, k, m=m: self.points.append((m, k)) or torch.zeros_like(xx))
             if len(self.points) == self.first[-1]:
                 raise ValueError(f"solver {solver.name!r} made no network evaluation in step {m}")
-        self.t = torch.tensor([self.table[k].t for k in self.points], dtype=torch.float64)
+        self.pts = [self.tables[m][k] for m, k in self.points]
+        # the grid time of each evaluation (None for a solver's intermediate points)
+        n_grid = len(times) + int(g.tail and g.targets is None)
+        grid_of = [(k if k < n_grid else None) if g.targets is None else (m if k == 0 else None)
+                   for m, k in self.points]
+        if g.tail:  # one more evaluation at the last time, after the last step, which leaves the state as it is
+            end = Table(path, times[-1:], False)[0] if g.targets is not None else end
+            self.pts.append(end)
+            grid_of.append(len(times) - 1)
+        self.end = end
+        self.t = torch.tensor([p.t for p in self.pts], dtype=torch.float64)
+        net = spec.timestep_of_t(self.t)
+        if g.net is not None:
+            for j, gi in enumerate(grid_of):
+                if gi is not None:
+                    net[j] = g.net[gi]
+        integral = bool(torch.all((net - net.round()).abs() < 1e-6))
+        dtype = g.dtype if g.dtype is not None else torch.int64
+        if dtype == torch.int64 and not integral:
+            dtype = torch.float32  # fractional intermediate times
+        self.timesteps = net.round().to(torch.int64) if dtype == torch.int64 else net.to(dtype)
+        flow = spec.family == "flow"
+        pts = self.pts[: len(self.pts) - int(g.tail)] + [end]
+        self.sigmas = torch.tensor([p.t if flow else (0.0 if p.sigma == 0 else p.s) for p in pts], dtype=torch.float32)
 
 
 @dataclass
@@ -493,7 +633,7 @@ class _Run:
     prog: _Program
     offset: int  # index into the scheduler's timesteps of the program's first evaluation
     shape: tuple
-    pos: int = 0  # next evaluation (index into prog.points)
+    pos: int = 0  # next evaluation (index into prog.pts)
     m: int = 0  # current plan step
     hist: object = None  # the solver's history after the last completed plan step
     program: object = None  # the current plan step's step program, suspended at its next evaluation
@@ -503,27 +643,181 @@ class _Run:
     returned: torch.Tensor | None = None  # the tensor last handed back to the pipeline
 
 
+def _scheduler_class(name) -> type | None:
+    """The diffusers scheduler class called ``name`` (``None`` if there is none)."""
+    cls = getattr(_diffusers, name, None) if isinstance(name, str) else None
+    return cls if isinstance(cls, type) and hasattr(cls, "set_timesteps") else None
+
+
+def _config_class(cfg: dict) -> str | None:
+    """The class a scheduler config belongs to: ``_class_name`` (configs loaded from files), else the scheduler
+    class whose config keys are exactly these (configs of schedulers built in memory have no ``_class_name``)."""
+    name = cfg.get("_class_name")
+    if isinstance(name, str):
+        return name
+    keys = {k for k in cfg if not k.startswith("_")}
+    if {"solver", "family", "spacing"} <= keys:
+        return "PFODEScheduler"
+    best, size = [], 0  # the classes with the most keys, all present (a swapped config also keeps the old keys)
+    for cand in _VP_SCHEDULERS + _FLOW_SCHEDULERS:
+        cls = _scheduler_class(cand)
+        own = set(_init_defaults(cls)) if cls is not None else set()
+        if own and own <= keys:
+            if len(own) > size:
+                best, size = [cand], len(own)
+            elif len(own) == size:
+                best.append(cand)
+    if len(best) > 1:
+        warnings.warn(
+            f"the scheduler config has no _class_name and fits {', '.join(best)} alike: taking {best[0]}'s timesteps; "
+            "pass the scheduler itself (PFODEScheduler.from_config(scheduler)) or a config loaded from a file",
+            stacklevel=3,
+        )
+    return best[0] if best else None
+
+
+def _init_defaults(cls) -> dict:
+    """The keyword defaults of ``cls.__init__`` (its config keys)."""
+    out = {}
+    for k, p in inspect.signature(cls.__init__).parameters.items():
+        if k not in ("self", "kwargs") and p.default is not inspect.Parameter.empty:
+            out[k] = p.default
+    return out
+
+
+def _jsonable(v):
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, torch.Tensor):
+        return v.tolist()
+    return v
+
+
+def _grid_class(cfg, family: str, spacing) -> str | None:
+    """The diffusers scheduler whose ``set_timesteps`` defines the grid (``None``: a pfode spacing or the
+    ``"leading"``/``"trailing"``/``"linspace"`` definitions)."""
+    if spacing is not None:
+        return None if spacing in SPACINGS or spacing in _DIFFUSERS_SPACINGS else spacing
+    src = cfg.get("source")
+    flags = [f for f in _EULER_FLAGS if cfg.get(f)]
+    fallback = "EulerDiscreteScheduler" if family == "ddpm" else "FlowMatchEulerDiscreteScheduler"
+    cls = _scheduler_class(src)
+    if cls is None:
+        return fallback if flags else None
+    keys = _init_defaults(cls)
+    return fallback if any(f not in keys for f in flags) else src
+
+
+def _unhonoured_grid_keys(cfg, family: str, spacing) -> list[str]:
+    """``key=value`` of grid options set away from their defaults that the grid in force does not apply."""
+    name = _grid_class(cfg, family, spacing)
+    keys = _init_defaults(_scheduler_class(name)) if _scheduler_class(name) is not None else {}
+    out = []
+    for k, default in _GRID_FLAGS.items():
+        v = cfg.get(k, default)
+        if v != default and k not in keys:
+            out.append(f"{k}={v!r}")
+    return out
+
+
+#: DDPM-style (beta-schedule) diffusers schedulers: their configs describe the same kind of model
+_VP_SCHEDULERS = (
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "PNDMScheduler",
+    "LMSDiscreteScheduler",
+    "EulerDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "DEISMultistepScheduler",
+    "UniPCMultistepScheduler",
+    "DPMSolverSDEScheduler",
+)
+#: flow-matching diffusers schedulers
+_FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
+#: schedulers that run flow matching with ``use_flow_sigmas=True``
+_FLOW_SIGMA_SCHEDULERS = (
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "UniPCMultistepScheduler",
+    "DEISMultistepScheduler",
+)
+#: schedulers whose timesteps are float32 (sigma-based; the others use int64)
+_FLOAT_TIMESTEPS = (
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "LMSDiscreteScheduler",
+    "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "DPMSolverSDEScheduler",
+) + _FLOW_SCHEDULERS
+#: sigma-schedule options of EulerDiscreteScheduler (used for the grid when the source scheduler lacks them)
+_EULER_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+#: options that shape a source scheduler's timesteps, with their defaults
+_GRID_FLAGS = {
+    "use_karras_sigmas": False,
+    "use_exponential_sigmas": False,
+    "use_beta_sigmas": False,
+    "use_lu_lambdas": False,
+    "interpolation_type": "linear",
+    "shift_terminal": None,
+    "lambda_min_clipped": -math.inf,
+}
+#: options of the sampling algorithm a source scheduler runs; ``solver=`` replaces that algorithm
+_ALGORITHM_KEYS = (
+    "solver_order",
+    "algorithm_type",
+    "solver_type",
+    "lower_order_final",
+    "euler_at_final",
+    "disable_corrector",
+    "solver_p",
+    "predict_x0",
+    "noise_sampler_seed",
+    "predictor_order",
+    "corrector_order",
+    "tau_func",
+)
+#: options pipelines read from the scheduler config (flow-matching resolution-dependent shift)
+_PIPELINE_KEYS = ("base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len")
+#: options that change a source scheduler's step itself, with their neutral values
+_STEP_KEYS = {"stochastic_sampling": False}
+
+
 class PFODEScheduler(SchedulerMixin, ConfigMixin):
     """A diffusers scheduler that integrates the probability-flow ODE with any pfode solver.
 
     Build it from a pipeline's scheduler config; the model convention (DDPM-style betas and
-    ``prediction_type``, or flow matching with ``shift``) is read from it::
+    ``prediction_type``, or flow matching with ``shift``) and the source scheduler's timesteps are read from it::
 
+        pipe.scheduler = PFODEScheduler.from_config(pipe.scheduler.config, solver="unipc")  # the same timesteps
         pipe.scheduler = PFODEScheduler.from_config(pipe.scheduler.config, solver="unipc", spacing="logsnr")
         images = pipe(num_inference_steps=10).images
 
     Args (beyond the diffusers schedule keys ``num_train_timesteps``, ``beta_start``, ``beta_end``,
     ``beta_schedule``, ``trained_betas``, ``prediction_type``, ``variance_type``, ``shift``,
-    ``use_dynamic_shifting``, ``time_shift_type``, ``use_flow_sigmas``, ``flow_shift``, ``steps_offset``):
+    ``use_dynamic_shifting``, ``time_shift_type``, ``use_flow_sigmas``, ``flow_shift``, ``steps_offset``,
+    ``timestep_spacing``, ``set_alpha_to_one``, ``final_sigmas_type``, ``use_karras_sigmas``,
+    ``use_exponential_sigmas``, ``use_beta_sigmas``, ``rescale_betas_zero_snr``, ``timestep_type``, ``clip_sample``,
+    ``clip_sample_range``, ``thresholding``, ``dynamic_thresholding_ratio``, ``sample_max_value``, which mean what
+    they mean in diffusers):
         family: ``"ddpm"`` or ``"flow"``; :meth:`from_config` detects it from the source config.
         solver: a name from :func:`pfode.solvers.available` except the adaptive ``"dopri5"``.
         solver_options: keyword options of the solver (e.g. ``{"order": 3}``, ``{"variable": "t"}``).
-        spacing: a pfode spacing (``"logsnr"``, ``"uniform"``, ``"karras"``, ``"quadratic"``) over the
-            training range; ``"leading"``, ``"trailing"``, ``"linspace"`` (``DDIMScheduler``'s integer
-            timesteps; for flow matching ``"linspace"`` is ``FlowMatchEulerDiscreteScheduler``'s schedule);
-            or a diffusers scheduler class name, whose ``set_timesteps`` then defines the grid.
-        final_sigma: ``"zero"`` (finish with the step to zero noise, which returns ``x0_hat``) or
-            ``"sigma_min"`` (stop at the least noisy training time).
+        spacing: ``None`` (default): the timesteps of the source scheduler (``source``), computed by its own
+            ``set_timesteps`` from this config (every option that shapes them is honoured), or, without a source,
+            the ``"logsnr"`` grid. A pfode spacing (``"logsnr"``, ``"uniform"``, ``"karras"``, ``"quadratic"``)
+            over the training range; ``"leading"``, ``"trailing"``, ``"linspace"`` (``DDIMScheduler``'s integer
+            timesteps with ``steps_offset``; for flow matching ``"linspace"`` is
+            ``FlowMatchEulerDiscreteScheduler``'s schedule); or a diffusers scheduler class name.
+        final_sigma: ``None`` (default): as the schedule says (the source's last sigma; ``set_alpha_to_one=False``
+            or ``final_sigmas_type="sigma_min"`` end at the least noisy training time, else zero noise);
+            ``"zero"`` (finish with the step to zero noise, which returns ``x0_hat``) or ``"sigma_min"``.
         rho: exponent of the ``"karras"`` spacing.
         recipe: a tuned :class:`pfode.Recipe` (or its dict, or a recipe file) for this model's path
             (``pfode.tune(pfode.integrations.diffusers.denoiser(unet, config), nfe, shape=...)``): it fixes the
@@ -531,25 +825,44 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
             (``num_inference_steps`` may be left out). Its analytic first segment is applied where the pipeline
             calls :meth:`scale_model_input` at the first timestep (diffusers pipelines do) and to the state of the
             first :meth:`step`.
+        source: class name of the diffusers scheduler this one replaces (:meth:`from_config` records it).
 
-    ``num_inference_steps`` counts solver steps: a one-evaluation solver makes that many model calls; a
-    solver with ``k`` evaluations per step exposes its intermediate times in ``timesteps`` as diffusers'
-    Heun scheduler does (``order`` is ``k``), so ``len(timesteps)`` is the number of model calls.
+    Drop-in rules. :meth:`from_config` keeps every key of the source config (those that are not arguments here
+    stay in ``config`` and reach the source's ``set_timesteps``); a key it cannot honour gets a warning naming
+    it. Timesteps have the source's values and dtype (int64, or float32 for sigma-based and flow schedulers),
+    duplicated timesteps included: Heun's second-stage times are this scheduler's own intermediate evaluations
+    when the solver has two stages (``solver="heun"`` reproduces ``HeunDiscreteScheduler``); a zero-length step
+    (DPM-Solver at ``num_inference_steps >= num_train_timesteps``) is dropped; a schedule with evaluations between
+    its sigmas (KDPM2) is refused; a last step of zero length (the source's last evaluation already at its final
+    noise level: DDIM ending at timestep 0 with ``set_alpha_to_one=False``, sigma-min Karras grids) is an
+    evaluation that leaves the state as it is. Internally the grid sits at the source's sigmas, so Karras,
+    exponential, beta and ``use_lu_lambdas`` sigmas are followed exactly even where the source rounds its
+    timesteps. Sigma-based
+    sources (Euler, Heun, LMS) keep ``x / alpha`` as their state; this scheduler keeps ``x`` (the model input),
+    so ``init_noise_sigma`` is the source's times ``alpha`` at the first time and :meth:`scale_model_input` is the
+    identity: a pipeline's latents and model inputs are the same as with the source. ``clip_sample`` and
+    ``thresholding`` act on ``x0_hat`` (the solver sees the clipped value); with ``DDIMScheduler`` as source and the
+    ``"ddim"`` solver the unclipped noise is kept, as ``DDIMScheduler.step`` does (``use_clipped_model_output``
+    is honoured), and its step targets ``timestep - num_train_timesteps // num_inference_steps`` (which differ
+    from the next timestep with ``"linspace"`` and some ``"trailing"`` grids) are followed too.
+
+    ``num_inference_steps`` is the source's (the argument of its ``set_timesteps``; it gives the grid times) or, on
+    pfode grids, the number of solver steps: a one-evaluation solver evaluates once per grid time; a solver with
+    ``k`` evaluations per step exposes its intermediate times in ``timesteps`` as diffusers' Heun scheduler does
+    (``order`` is ``k``), so ``len(timesteps)`` is the number of model calls.
 
     How it runs: each :meth:`step` call hands over one model output, which resumes the solver's current step
     program (suspended at its evaluation) until it needs the next evaluation, whose input state is returned as
-    ``prev_sample``. All state lives in a run that
-    :meth:`set_timesteps` resets; a call with the first timestep also starts a new run (a pipeline reused
-    without ``set_timesteps``), and a call with an unexpected timestep or a batch-size change mid-run is an
-    error, so multistep history is never mixed between runs. ``sample`` passed at the start of each solver
-    step is taken as the state (pipelines may edit latents between steps). No clipping or thresholding of
-    ``x0_hat`` is applied.
+    ``prev_sample``. All state lives in a run that :meth:`set_timesteps` resets. A run starts at ``begin_index``
+    (:meth:`set_begin_index`) or, without one, where the timestep first appears in ``timesteps`` (the second
+    place when it appears twice, as diffusers' ``index_for_timestep``): img2img loops that start mid-schedule
+    work either way. A call with the first timestep starts a new run (a pipeline reused without
+    ``set_timesteps``); a call with an unexpected timestep or a batch-size change mid-run is an error, so
+    multistep history is never mixed between runs. ``sample`` passed at the start of each solver step is taken
+    as the state (pipelines may edit latents between steps).
     """
 
-    _compatibles = sorted(
-        {e.name for e in KarrasDiffusionSchedulers}
-        | {"FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "DDPMScheduler", "DDIMScheduler"}
-    )
+    _compatibles = sorted(set(_VP_SCHEDULERS) | set(_FLOW_SCHEDULERS))
     order = 1
     init_noise_sigma = 1.0
 
@@ -572,25 +885,48 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
         family: str = "ddpm",
         solver: str = "dpm++2m",
         solver_options: dict | None = None,
-        spacing: str = "logsnr",
-        final_sigma: str = "zero",
+        spacing: str | None = None,
+        final_sigma: str | None = None,
         rho: float = 7.0,
         recipe=None,
+        source: str | None = None,
+        timestep_spacing: str = "leading",
+        set_alpha_to_one: bool = True,
+        final_sigmas_type: str = "zero",
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
+        rescale_betas_zero_snr: bool = False,
+        timestep_type: str = "discrete",
+        clip_sample: bool = False,
+        clip_sample_range: float = 1.0,
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
     ):
         check_choice("family", family, ("ddpm", "flow"))
-        check_choice("final_sigma", final_sigma, _FINAL_SIGMAS)
-        if not isinstance(spacing, str):
-            raise TypeError(f"spacing must be a string, got {type(spacing).__name__}")
-        if spacing not in SPACINGS and spacing not in _DIFFUSERS_SPACINGS:
-            cls = getattr(_diffusers, spacing, None)
-            if not (isinstance(cls, type) and hasattr(cls, "set_timesteps")):
+        if final_sigma is not None:
+            check_choice("final_sigma", final_sigma, _FINAL_SIGMAS)
+        check_choice("final_sigmas_type", final_sigmas_type, _FINAL_SIGMAS)
+        check_choice("timestep_spacing", timestep_spacing, _DIFFUSERS_SPACINGS)
+        if spacing is not None and not isinstance(spacing, str):
+            raise TypeError(f"spacing must be a string or None, got {type(spacing).__name__}")
+        if spacing is not None and spacing not in SPACINGS and spacing not in _DIFFUSERS_SPACINGS:
+            if _scheduler_class(spacing) is None:
                 raise ValueError(
                     f"spacing={spacing!r} is unknown; "
-                    f"valid values: {', '.join(SPACINGS + _DIFFUSERS_SPACINGS)}, "
+                    f"valid values: None, {', '.join(SPACINGS + _DIFFUSERS_SPACINGS)}, "
                     "or the class name of a diffusers scheduler (e.g. 'DPMSolverMultistepScheduler')"
                 )
         if family == "flow" and spacing in ("leading", "trailing"):
             raise ValueError(f"spacing={spacing!r} applies to DDPM-style schedules; flow matching supports 'linspace'")
+        if source is not None and _scheduler_class(source) is None:
+            if not isinstance(source, str):
+                raise TypeError(f"source must be a diffusers scheduler class name, got {type(source).__name__}")
+            warnings.warn(f"source={source!r} is not a scheduler class of this diffusers version: its timesteps are "
+                          "not available (the 'logsnr' grid is used unless spacing says otherwise)", stacklevel=2)
+        if sum(bool(f) for f in (use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas)) > 1:
+            raise ValueError("only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas can be True")
         if not isinstance(solver, str):
             raise TypeError(f"solver must be a pfode solver name (a string), got {type(solver).__name__}")
         self._solver = get_solver(solver, **dict(solver_options or {}))
@@ -618,6 +954,13 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
             self.register_to_config(recipe=recipe.to_dict())  # the config stays JSON
         self._pred = get_prediction(self._spec.prediction)
         self.order = self._solver.evals_per_step
+        # DDIMScheduler's own algorithm: its clipping keeps the unclipped noise, its steps land at t - N // n
+        self._ddim = (source == "DDIMScheduler" or spacing == "DDIMScheduler") and isinstance(self._solver, DDIM)
+        if self._recipe is None:
+            bad = _unhonoured_grid_keys(dict(self.config), family, spacing)
+            if bad:
+                grid = f"spacing={spacing!r}" if spacing is not None else f"the source scheduler {source!r}"
+                warnings.warn(f"{', '.join(bad)} not honoured: {grid} defines the timesteps", stacklevel=2)
         self.num_inference_steps = None
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.int64)
         self.sigmas = None
@@ -628,11 +971,60 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
 
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
-        """diffusers' ``from_config``; the family (DDPM-style or flow matching) is read from ``config``."""
-        if config is not None and "family" not in kwargs:
-            with contextlib.suppress(TypeError):
-                kwargs["family"] = _family(_as_config(config))
-        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        """diffusers' ``from_config``, plus: the family (DDPM-style or flow matching) is read from ``config``; the
+        source scheduler's class is recorded (``source``) and its config is completed with that class's defaults
+        (diffusers would otherwise replace them with this class's defaults), every key kept; keyword arguments
+        override keys of the source as well. A key that cannot be honoured gets a warning naming it.
+
+        ``config`` may also be the scheduler itself. The source class is the config's ``_class_name`` (configs
+        loaded from files, pipelines from ``from_pretrained``); configs of schedulers built in memory have none and
+        are matched by their keys (LMS and KDPM2 share theirs: a warning says which one is taken)."""
+        if config is None:
+            return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        cfg = _as_config(config)
+        own = set(_init_defaults(cls))
+        name = type(config).__name__ if isinstance(config, SchedulerMixin) else _config_class(cfg)
+        if name == cls.__name__:
+            if "family" not in kwargs:
+                with contextlib.suppress(TypeError):
+                    kwargs["family"] = _family(cfg)
+            config = config if isinstance(config, dict) else cfg
+            return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        src = _scheduler_class(name)
+        full = dict(_init_defaults(src)) if src is not None else {}
+        full.update({k: _jsonable(v) for k, v in cfg.items() if not k.startswith("_")})
+        if src is not None:
+            for k in list(kwargs):
+                if k not in own and k in full:
+                    full[k] = kwargs.pop(k)  # an override of one of the source's own keys
+            kwargs.setdefault("source", name)
+        if "family" not in kwargs:
+            kwargs["family"] = _family({**full, "_class_name": name})
+        merged = {**full, **{k: v for k, v in kwargs.items() if k in own}}
+        path_from_config(merged, learned_variance="drop")  # refuse unsupported configs before anything else
+        unused = []
+        for k, v in full.items():
+            if k in own or k in _GRID_FLAGS or k in _ALGORITHM_KEYS or k in _PIPELINE_KEYS:
+                continue
+            if k in _STEP_KEYS:
+                if v != _STEP_KEYS[k]:
+                    unused.append(f"{k}={v!r}")
+            elif src is None and v is not None:
+                unused.append(f"{k}={v!r}")
+        if unused:
+            warnings.warn(
+                f"{', '.join(unused)} not honoured by PFODEScheduler (it integrates the probability-flow ODE with "
+                f"solver={merged.get('solver', 'dpm++2m')!r} on its timesteps)",
+                stacklevel=2,
+            )
+        hidden = [f for f in _GRID_FLAGS if f not in own]
+        bad = [b for b in _unhonoured_grid_keys(merged, merged["family"], merged.get("spacing"))
+               if b.split("=")[0] in hidden]
+        if bad and merged.get("recipe") is None:
+            sp = merged.get("spacing")
+            grid = f"spacing={sp!r}" if sp is not None else f"the source scheduler {merged.get('source')!r}"
+            warnings.warn(f"{', '.join(bad)} not honoured: {grid} defines the timesteps", stacklevel=2)
+        return super().from_config(full, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     # -- properties diffusers pipelines use -------------------------------------------------------
     @property
@@ -644,6 +1036,16 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
     def solver(self) -> Solver:
         return self._solver
 
+    @property
+    def compatibles(self) -> list[type]:
+        """The diffusers schedulers this one can replace (and that can replace it): those of its family, DDPM-style
+        (beta schedules) or flow matching."""
+        if self._spec.family == "flow":
+            names = _FLOW_SCHEDULERS + (_FLOW_SIGMA_SCHEDULERS if self.config.use_flow_sigmas else ())
+        else:
+            names = _VP_SCHEDULERS
+        return [type(self)] + [c for c in map(_scheduler_class, names) if c is not None]
+
     # the training schedule, under the names diffusers schedulers use (pipelines read them: ledits_pp reads
     # ``alphas_cumprod``, stable_cascade ``betas``)
     def _ddpm_only(self, name: str):
@@ -652,7 +1054,7 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
 
     @property
     def betas(self) -> torch.Tensor:
-        """The training betas (float32, as diffusers builds them)."""
+        """The training betas (float32, as diffusers builds them; rescaled with ``rescale_betas_zero_snr``)."""
         self._ddpm_only("betas")
         return betas_from_config(self.config)
 
@@ -663,14 +1065,21 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
 
     @property
     def alphas_cumprod(self) -> torch.Tensor:
-        """``cumprod(1 - betas)``: ``alpha(t)^2`` at the training timesteps."""
-        return torch.cumprod(self.alphas, dim=0)
+        """``cumprod(1 - betas)``: ``alpha(t)^2`` at the training timesteps. With zero terminal SNR the last entry
+        is 0, or ``2**-24`` where the source scheduler sets it so (sigma-based schedulers)."""
+        ac = torch.cumprod(self.alphas, dim=0)
+        if self.config.rescale_betas_zero_snr:
+            src = _scheduler_class(self.config.source)
+            if src is not None and "rescale_betas_zero_snr" in _init_defaults(src):
+                ac = src(**self._source_kwargs(src)).alphas_cumprod.clone()
+        return ac
 
     @property
     def final_alpha_cumprod(self) -> torch.Tensor:
         """``alpha^2`` after the last step: 1 when the run ends at zero noise, else ``alphas_cumprod[0]``."""
         self._ddpm_only("final_alpha_cumprod")
-        return torch.tensor(1.0) if self.config.final_sigma == "zero" else self.alphas_cumprod[0]
+        zero = self._prog.g.zero if self._prog is not None else self._final_zero()
+        return torch.tensor(1.0) if zero else self.alphas_cumprod[0]
 
     @property
     def sigma_min(self) -> float:
@@ -683,10 +1092,13 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
 
     @property
     def sigma_max(self) -> float:
-        """Largest training noise level: ``sigma/alpha`` at timestep ``N - 1`` (DDPM) or 1 (flow matching)."""
+        """Largest training noise level: ``sigma/alpha`` at timestep ``N - 1`` (DDPM; ``alphas_cumprod[-1] = 2**-24``
+        with zero terminal SNR, as sigma-based schedulers) or 1 (flow matching)."""
         if self._spec.family == "flow":
             return 1.0
         ac = self.alphas_cumprod[-1]
+        if float(ac) == 0.0:
+            ac = torch.tensor(2.0**-24)
         return float(((1 - ac) / ac) ** 0.5)
 
     @property
@@ -719,9 +1131,29 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
         return sample
 
     # -- grids ---------------------------------------------------------------------------------
+    def _final_zero(self) -> bool:
+        """Whether runs end at zero noise, as ``final_sigma`` or else the schedule keys say."""
+        fs = self.config.final_sigma
+        if fs is not None:
+            return fs == "zero"
+        return self.config.final_sigmas_type != "sigma_min" and bool(self.config.set_alpha_to_one)
+
+    def _timestep_dtype(self) -> torch.dtype:
+        """The dtype of timesteps on pfode grids: the source scheduler's kind (float32 for sigma-based and flow
+        schedulers; int64 otherwise, float32 where they are fractional)."""
+        if self._spec.family == "flow" or self.config.source in _FLOAT_TIMESTEPS:
+            return torch.float32
+        return torch.int64
+
     def _diffusers_timesteps(self, n: int) -> torch.Tensor:
         """``DDIMScheduler``'s integer timesteps for ``n`` steps."""
         big = self.config.num_train_timesteps
+        if n > big:
+            raise ValueError(
+                f"num_inference_steps={n} is larger than num_train_timesteps={big}: spacing="
+                f"{self.config.spacing!r} would repeat timesteps (diffusers' DDIMScheduler refuses it too); use a "
+                "pfode spacing such as 'logsnr' for more steps"
+            )
         sp = self.config.spacing
         if sp == "linspace":
             ts = np.linspace(0, big - 1, n).round()[::-1].copy().astype(np.int64)
@@ -732,72 +1164,176 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
             ts = np.round(np.arange(big, 0, -big / n)).astype(np.int64) - 1
         return torch.from_numpy(ts)
 
-    def _other_scheduler(self, name: str, n: int, mu):
-        cls = getattr(_diffusers, name)
-        keys = set(inspect.signature(cls.__init__).parameters)
+    def _source_kwargs(self, cls) -> dict:
+        """The config of ``cls`` built from this scheduler's config (every key ``cls`` takes)."""
+        keys = _init_defaults(cls)
         cfg = {k: v for k, v in self.config.items() if k in keys and not k.startswith("_")}
-        if self._spec.family == "flow" and "prediction_type" in cfg:
-            del cfg["prediction_type"]
-        other = cls(**cfg)
-        if mu is not None and "mu" in inspect.signature(other.set_timesteps).parameters:
-            other.set_timesteps(n, mu=mu)
+        if self._spec.family == "flow" and cfg.get("prediction_type") in PREDICTION_TYPES:
+            del cfg["prediction_type"]  # a DDPM default this config carries; flow schedulers use their own
+        return cfg
+
+    def _other_scheduler(self, name: str, n, mu, timesteps=None, sigmas=None):
+        cls = _scheduler_class(name)
+        other = cls(**self._source_kwargs(cls))
+        params = inspect.signature(other.set_timesteps).parameters
+        kw = {}
+        if mu is not None and "mu" in params:
+            kw["mu"] = mu
+        if timesteps is not None:
+            kw["timesteps"] = [float(v) for v in np.asarray(timesteps, dtype=np.float64).flatten()]
+            other.set_timesteps(**kw)
+        elif sigmas is not None:
+            kw["sigmas"] = [float(v) for v in np.asarray(sigmas, dtype=np.float64).flatten()]
+            other.set_timesteps(**kw)
         else:
-            other.set_timesteps(n)
+            other.set_timesteps(n, **kw)
         return other
 
-    def _build_grid(self, n, timesteps, sigmas, mu) -> tuple[torch.Tensor, bool]:
+    def _finish(self, g: torch.Tensor, zero: bool, tail: bool = False) -> tuple[torch.Tensor, bool, bool]:
+        """Validate a grid; start lam-based solvers just below pure noise on flow paths; apply ``final_sigma``."""
+        spec, path = self._spec, self._spec.path
+        g = as_f64(g).detach().cpu().flatten().clone()
+        fs = self.config.final_sigma
+        if fs == "zero" and not zero:
+            g, zero, tail = (g if tail else g[:-1]), True, False
+        elif fs == "sigma_min" and zero:
+            zero = False
+            if float(g[-1]) > spec.t_last * (1 + 1e-12):
+                g = torch.cat([g, torch.tensor([spec.t_last], dtype=torch.float64)])
+            else:
+                tail = True
+        if g.numel() == 0:
+            raise ValueError("the schedule has no time above zero noise")
+        if spec.family == "flow" and float(g[0]) >= 1.0 and self._solver.needs_finite_lam:
+            # sigma = 1 is pure noise (log-SNR -inf): lam-based solvers start just below it
+            g[0] = path.t_max
+        if g.numel() >= 2:
+            g = as_grid(path, g)
+        elif not (path.t_lo < float(g[0]) <= path.t_hi):
+            raise ValueError(f"time {float(g[0])!r} lies outside the range of {path!r}")
+        if not zero and g.numel() < 2 and not tail:
+            raise ValueError("final_sigma='sigma_min' needs at least two times above zero noise")
+        return g, zero, tail
+
+    def _own_grid(self, n, timesteps, sigmas, mu) -> _Grid:
+        """pfode spacings, ``DDIMScheduler``'s spacing definitions, and custom timesteps/sigmas."""
         spec, path, cfg = self._spec, self._spec.path, self.config
-        zero = cfg.final_sigma == "zero"
+        zero = self._final_zero()
         flow = spec.family == "flow"
+        spacing = cfg.spacing if cfg.spacing is not None else "logsnr"
+        tail = False
         if timesteps is not None:
             g = spec.t_of_timestep(torch.as_tensor(np.asarray(timesteps, dtype=np.float64)))
         elif sigmas is not None:
             s = torch.as_tensor(np.asarray(sigmas, dtype=np.float64)).flatten()
             g = spec.apply_shift(s, mu) if flow else path.t_of_s(s)
-        elif cfg.spacing in SPACINGS:
-            lam_free = not self._solver.needs_finite_lam and cfg.spacing in ("uniform", "quadratic")
+        elif spacing in SPACINGS:
+            lam_free = not self._solver.needs_finite_lam and spacing in ("uniform", "quadratic")
             t_start = spec.t_first if (not flow or lam_free) else path.t_max
             t_end = float(spec.apply_shift(1.0 / cfg.num_train_timesteps, mu))
             steps = n - 1 if zero else n
             if steps == 0:
                 g = torch.tensor([t_start], dtype=torch.float64)
-            elif flow and cfg.spacing in ("uniform", "quadratic"):
+            elif flow and spacing in ("uniform", "quadratic"):
                 k = spec.shift_value(mu)
                 u0, u1 = (t / (k - (k - 1.0) * t) for t in (t_start, t_end))  # inverse shift
-                g = spec.apply_shift(make_grid(Linear(), steps, cfg.spacing, t_start=u0, t_end=u1), mu)
+                g = spec.apply_shift(make_grid(Linear(), steps, spacing, t_start=u0, t_end=u1), mu)
                 g[0], g[-1] = t_start, t_end
             else:
-                g = make_grid(path, steps, cfg.spacing, t_start=t_start, t_end=t_end, rho=cfg.rho)
-        elif cfg.spacing in _DIFFUSERS_SPACINGS:
-            if flow:  # FlowMatchEulerDiscreteScheduler's default schedule
-                big = cfg.num_train_timesteps
-                u = torch.linspace(big * 1.0, spec.t_last * big, n, dtype=torch.float64) / big
-                g = spec.apply_shift(u, mu)
-            else:
-                g = spec.t_of_timestep(self._diffusers_timesteps(n))
+                g = make_grid(path, steps, spacing, t_start=t_start, t_end=t_end, rho=cfg.rho)
+        elif flow:  # "linspace": FlowMatchEulerDiscreteScheduler's default schedule
+            big = cfg.num_train_timesteps
+            u = torch.linspace(big * 1.0, spec.t_last * big, n, dtype=torch.float64) / big
+            g = spec.apply_shift(u, mu)
         else:
-            other = self._other_scheduler(cfg.spacing, n, mu)
-            if flow:
-                g = torch.as_tensor(other.sigmas).detach().cpu().to(torch.float64).flatten()
-            else:
-                g = spec.t_of_timestep(torch.as_tensor(other.timesteps).detach().cpu())
-        g = as_f64(g).detach().cpu().flatten().clone()
+            g = spec.t_of_timestep(self._diffusers_timesteps(n))
+            tail = not zero and abs(float(g[-1]) - spec.t_last) < 1e-12  # evaluated at timestep 0, then stays
+        g = as_f64(g).detach().cpu().flatten()
         if g.numel() and float(path.sigma(g[-1])) == 0.0:
             g, zero = g[:-1], True  # an explicit zero-noise end: the step to zero noise
-        if g.numel() == 0:
-            raise ValueError("the schedule has no time above zero noise")
-        if flow and float(g[0]) >= 1.0 and self._solver.needs_finite_lam:
-            # sigma = 1 is pure noise (log-SNR -inf): lam-based solvers start just below it
-            g[0] = path.t_max
-        if not zero and float(g[-1]) > spec.t_last * (1 + 1e-12):
+        if not zero and not tail and g.numel() and float(g[-1]) > spec.t_last * (1 + 1e-12):
             g = torch.cat([g, torch.tensor([spec.t_last], dtype=torch.float64)])
-        if g.numel() >= 2:
-            g = as_grid(path, g)
-        elif not (path.t_lo < float(g[0]) <= path.t_hi):
-            raise ValueError(f"time {float(g[0])!r} lies outside the range of {path!r}")
-        if not zero and g.numel() < 2:
-            raise ValueError("final_sigma='sigma_min' needs at least two times above zero noise")
-        return g, zero
+        g, zero, tail = self._finish(g, zero, tail)
+        return _Grid(g, zero, dtype=self._timestep_dtype(), tail=tail)
+
+    def _source_grid(self, name: str, n, timesteps, sigmas, mu) -> _Grid:
+        """The grid of a diffusers scheduler's ``set_timesteps``: its timesteps, at its sigmas."""
+        spec, path = self._spec, self._spec.path
+        flow = spec.family == "flow"
+        other = self._other_scheduler(name, n, mu, timesteps, sigmas)
+        ts = torch.as_tensor(other.timesteps).detach().cpu().flatten()
+        dtype = ts.dtype if ts.dtype in (torch.int64, torch.float32) else torch.float32
+        ts = ts.to(torch.float64)
+        sig = getattr(other, "sigmas", None)
+        if isinstance(sig, (torch.Tensor, np.ndarray)):
+            sig = as_f64(torch.as_tensor(sig).detach().cpu()).flatten()
+            if sig.numel() != ts.numel() + 1:
+                raise ValueError(
+                    f"{name} evaluates the model between its sigmas ({ts.numel()} timesteps for {sig.numel()} sigmas, "
+                    "as KDPM2 does), which PFODEScheduler cannot follow; use spacing='karras', 'logsnr', or another "
+                    "scheduler's name (e.g. 'EulerDiscreteScheduler')"
+                )
+            s_all = sig
+            if flow:
+                t_all = sig.clone()
+            else:  # at the table's own time where a timestep's sigma is the table's (up to float32 rounding)
+                t_all = path.t_of_s(sig).clamp(path.t_lo, path.t_hi)
+                t_ts = spec.t_of_timestep(ts)
+                same = ((path.s(t_ts) - sig[:-1]).abs() <= 2e-6 * sig[:-1]) & (ts == ts.round())
+                t_all[:-1] = torch.where(same, t_ts, t_all[:-1])
+        else:  # DDIM, DDPM, PNDM: integer timesteps into the training table
+            fac = getattr(other, "final_alpha_cumprod", None)
+            end = path.t_lo if fac is None or float(fac) == 1.0 else spec.t_last
+            t_all = torch.cat([spec.t_of_timestep(ts), torch.tensor([end], dtype=torch.float64)])
+            s_all = path.s(t_all)
+        times, final, s_fin = t_all[:-1], float(t_all[-1]), float(s_all[-1])
+        # collapse repeated (timestep, time) pairs: Heun's second-stage evaluations (a two-stage pfode solver makes
+        # its own), PNDM's repeated warm-up timestep, and zero-length steps
+        keep = [0] + [j for j in range(1, ts.numel()) if not (ts[j] == ts[j - 1] and times[j] == times[j - 1])]
+        ts, times, s_ev = ts[keep], times[keep], s_all[:-1][keep]
+        bad = torch.nonzero(times[1:] >= times[:-1]).flatten()
+        if bad.numel():
+            i = int(bad[0])
+            raise ValueError(
+                f"{name} with num_inference_steps={n} has timestep {float(ts[i + 1]):g} at a noise level not below "
+                f"that of the one before it ({float(ts[i]):g}); PFODEScheduler follows strictly decreasing noise "
+                "levels: use fewer steps or a pfode spacing ('logsnr', 'karras', ...)"
+            )
+        zero = bool(float(path.sigma(torch.tensor(final))) == 0.0)
+        tail = not zero and abs(s_fin - float(s_ev[-1])) <= 1e-6 * float(s_ev[-1])
+        net = ts.clone()
+        if not zero and not tail:  # the end point, not evaluated
+            times = torch.cat([times, torch.tensor([final], dtype=torch.float64)])
+            net = torch.cat([net, spec.timestep_of_t(torch.tensor([final], dtype=torch.float64))])
+        n_eval = ts.numel()
+        times, zero, tail = self._finish(times, zero, tail)
+        if times.numel() < net.numel():  # final_sigma="zero" dropped the end point
+            net = net[: times.numel()]
+        elif times.numel() > net.numel():  # final_sigma="sigma_min" added one
+            net = torch.cat([net, spec.timestep_of_t(times[-1:])])
+        targets = None
+        if self._ddim and timesteps is None and sigmas is None and name == "DDIMScheduler":
+            targets = self._ddim_targets(ts[:n_eval], times[:n_eval], zero, tail, other.num_inference_steps)
+            if targets is not None:
+                times, net = times[:n_eval], net[:n_eval]
+        ins = float(getattr(other, "init_noise_sigma", 1.0))
+        init = ins * float(path.alpha(times[0])) if (not flow and ins != 1.0) else 1.0
+        return _Grid(times, zero, net=net, dtype=dtype, targets=targets, tail=tail, init_sigma=init)
+
+    def _ddim_targets(self, ts, starts, zero, tail, n):
+        """``DDIMScheduler``'s step targets ``t - N // n`` (or the final alpha); ``None`` where they are the next
+        timesteps."""
+        spec = self._spec
+        ratio = self.config.num_train_timesteps // n
+        out = []
+        for j in range(len(ts) - int(tail)):
+            prev = float(ts[j]) - ratio
+            out.append(float(spec.t_of_timestep(prev)) if prev >= 0 else (None if zero else spec.t_last))
+        nxt = [float(v) for v in starts[1:]] + ([] if tail else [None if zero else spec.t_last])
+        if all((a is None and b is None) or (a is not None and b is not None and abs(a - b) < 1e-12)
+               for a, b in zip(out, nxt)):
+            return None
+        return out
 
     def set_timesteps(
         self,
@@ -811,7 +1347,8 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
 
         ``timesteps`` (diffusers timesteps, decreasing) or ``sigmas`` (flow matching: sigmas before the
         shift, as ``FlowMatchEulerDiscreteScheduler`` takes them; DDPM-style: ``sqrt((1 - abar)/abar)``) give
-        a custom grid instead; a final ``0`` sigma means the step to zero noise. ``mu`` is the dynamic
+        a custom grid instead; a final ``0`` sigma means the step to zero noise. With a source scheduler that takes
+        them, they go through its ``set_timesteps`` (same timesteps and sigmas as the source). ``mu`` is the dynamic
         shift of flow-matching pipelines (Flux).
         """
         if timesteps is not None and sigmas is not None:
@@ -830,20 +1367,22 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
             if self._spec.use_dynamic_shifting and mu is None and self.config.spacing not in ("logsnr", "karras"):
                 raise ValueError("mu must be passed to set_timesteps when use_dynamic_shifting=True")
         if self._recipe is not None:
-            g, zero = self._recipe.grid(), self._recipe.denoise
+            g = _Grid(self._recipe.grid(), self._recipe.denoise)
         else:
-            g, zero = self._build_grid(num_inference_steps, timesteps, sigmas, mu)
-        prog = _Program(self._solver, self._spec, g, zero)
+            name = _grid_class(self.config, self._spec.family, self.config.spacing)
+            kind = "timesteps" if timesteps is not None else ("sigmas" if sigmas is not None else None)
+            cls = _scheduler_class(name)
+            if cls is not None and (kind is None or kind in inspect.signature(cls.set_timesteps).parameters):
+                g = self._source_grid(name, num_inference_steps, timesteps, sigmas, mu)
+            else:
+                g = self._own_grid(num_inference_steps, timesteps, sigmas, mu)
+        prog = _Program(self._solver, self._spec, g)
         self._prog, self._sub, self._run = prog, {}, None
         self._begin_index = None
-        self.num_inference_steps = len(prog.plan)
-        net_t = self._spec.timestep_of_t(prog.t)
-        integer = bool(torch.all((net_t - net_t.round()).abs() < 1e-6))
-        self.timesteps = (net_t.round().to(torch.int64) if integer else net_t.to(torch.float32)).to(device)
-        pts = [prog.table[k] for k in prog.points] + [prog.table[prog.table.n_steps]]
-        flow = self._spec.family == "flow"
-        sig = [p.t if flow else (0.0 if p.sigma == 0 else p.s) for p in pts]
-        self.sigmas = torch.tensor(sig, dtype=torch.float32)
+        self.num_inference_steps = len(prog.plan) + int(g.tail)
+        self.timesteps = prog.timesteps.to(device)
+        self.sigmas = prog.sigmas
+        self.init_noise_sigma = g.init_sigma
         return self
 
     def _program_from(self, begin: int) -> _Program:
@@ -858,7 +1397,12 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
                 f"begin_index={begin} is not the first evaluation of a solver step; valid values: {prog.first}"
             )
         m = prog.first.index(begin)
-        sub = _Program(self._solver, self._spec, prog.grid[m:], prog.zero_end)
+        g = prog.g
+        sub_g = _Grid(
+            g.times[m:], g.zero, net=None if g.net is None else g.net[m:], dtype=g.dtype,
+            targets=None if g.targets is None else g.targets[m:], tail=g.tail, init_sigma=g.init_sigma,
+        )
+        sub = _Program(self._solver, self._spec, sub_g)
         if not torch.allclose(sub.t, prog.t[begin:], rtol=0, atol=1e-12):
             raise ValueError(f"solver {self._solver.name!r} cannot restart at begin_index={begin}")
         self._sub[begin] = sub
@@ -871,6 +1415,74 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
         e = float(self.timesteps[idx])
         return abs(tval - e) <= 1e-4 + 1e-5 * abs(e)
 
+    def _where(self, tval: float) -> list[int]:
+        """Indices of ``timesteps`` equal to ``tval``."""
+        ts = self.timesteps.detach().cpu().to(torch.float64)
+        return torch.nonzero((ts - tval).abs() <= 1e-4 + 1e-5 * ts.abs()).flatten().tolist()
+
+    def index_for_timestep(self, timestep, schedule_timesteps=None) -> int:
+        """The index of ``timestep`` in ``timesteps`` as diffusers finds it: the first place, or the second when it
+        appears more than once (the start of a solver step after a two-stage step)."""
+        tval = float(torch.as_tensor(timestep).detach().flatten()[0])
+        if schedule_timesteps is None:
+            found = self._where(tval)
+        else:
+            st = torch.as_tensor(schedule_timesteps).detach().cpu().to(torch.float64)
+            found = torch.nonzero((st - tval).abs() <= 1e-4 + 1e-5 * st.abs()).flatten().tolist()
+        if not found:
+            raise ValueError(f"timestep {tval:g} is not in the schedule")
+        return found[1] if len(found) > 1 else found[0]
+
+    def _start_index(self, tval: float, run: _Run | None, at: int | None, shape: tuple) -> int:
+        """Where a new run starts for a call with timestep ``tval`` (or the error for an out-of-order call)."""
+        mid = at is not None and run.pos > 0
+        if self._begin_index is not None:
+            found = [self._begin_index] if self._matches(tval, self._begin_index) else []
+        else:
+            found = self._where(tval)
+            if mid:  # mid-run only the first timestep starts over
+                found = [j for j in found[:1] if j == 0]
+            elif len(found) > 1:
+                found = found[1:]
+        if found:
+            return found[0]
+        if at is not None and self._matches(tval, at):
+            raise ValueError(
+                f"the batch shape changed mid-run ({run.shape} -> {shape}); "
+                "call set_timesteps() before sampling another batch"
+            )
+        begin = self._begin_index or 0
+        want = (
+            f"timesteps[{at}]={float(self.timesteps[at]):g}"
+            if at is not None
+            else f"timesteps[{begin}]={float(self.timesteps[begin]):g} to start a run"
+            if self._begin_index is not None
+            else "one of the timesteps to start a run"
+        )
+        raise ValueError(
+            f"step() got timestep {tval:g} but expected {want}; PFODEScheduler follows its "
+            "timesteps in order (call set_timesteps() to start over)"
+        )
+
+    def _clip(self, x0: torch.Tensor, run: _Run, use_clipped: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(pred_original_sample, x0 for the solver)`` under ``clip_sample`` / ``thresholding``."""
+        cfg = self.config
+        if cfg.thresholding:
+            xc = threshold_x0(x0, float(cfg.dynamic_thresholding_ratio), 1.0, float(cfg.sample_max_value))
+        elif cfg.clip_sample:
+            r = float(cfg.clip_sample_range)
+            xc = x0.clamp(-r, r)
+        else:
+            return x0, x0
+        if self._ddim and not use_clipped and run.m < len(run.prog.plan):
+            # DDIMScheduler: alpha' x0c + sqrt(1 - alpha'^2 - std^2) eps with the model's (unclipped) eps is the
+            # DDIM update cx x + w D of D = x0 + alpha' (x0c - x0) / w
+            st = run.prog.plan[run.m]
+            if not st.zero and st.w[0] != 0.0:
+                a1 = run.prog.tables[run.m][st.i + 1].alpha
+                return xc, x0 + (xc - x0) * (a1 / st.w[0])
+        return xc, xc
+
     def step(
         self,
         model_output: torch.Tensor,
@@ -882,8 +1494,9 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
     ) -> PFODESchedulerOutput | tuple:
         """Take the model output at ``timesteps[step_index]``; return the state of the next evaluation.
 
-        Extra keyword arguments of other schedulers (``eta``, ``use_clipped_model_output``, ...) are
-        accepted and ignored. ``generator`` seeds the noise of stochastic solvers.
+        ``use_clipped_model_output`` (``DDIMScheduler``'s) is honoured; other keyword arguments of other
+        schedulers (``eta``, ...) are accepted and ignored (the solver and its options define the update).
+        ``generator`` seeds the noise of stochastic solvers.
         """
         if self._prog is None:
             raise ValueError("call set_timesteps(num_inference_steps) before step()")
@@ -891,25 +1504,11 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
             raise TypeError("model_output and sample must be tensors")
         tval = float(torch.as_tensor(timestep).detach().flatten()[0])
         run = self._run
-        at = None if run is None or run.pos >= len(run.prog.points) else run.offset + run.pos
+        at = None if run is None or run.pos >= len(run.prog.pts) else run.offset + run.pos
         if at is None or not self._matches(tval, at) or (run.pos > 0 and tuple(sample.shape) != run.shape):
-            begin = self._begin_index or 0
-            if not self._matches(tval, begin):
-                if at is not None and self._matches(tval, at):
-                    raise ValueError(
-                        f"the batch shape changed mid-run ({run.shape} -> {tuple(sample.shape)}); "
-                        "call set_timesteps() before sampling another batch"
-                    )
-                want = (
-                    f"timesteps[{at}]={float(self.timesteps[at]):g}"
-                    if at is not None
-                    else f"timesteps[{begin}]={float(self.timesteps[begin]):g} to start a run"
-                )
-                raise ValueError(
-                    f"step() got timestep {tval:g} but expected {want}; PFODEScheduler follows its "
-                    "timesteps in order (call set_timesteps() to start over)"
-                )
+            begin = self._start_index(tval, run, at, tuple(sample.shape))
             run = self._run = _Run(self._program_from(begin), begin, tuple(sample.shape))
+        prog = run.prog
         work = sample.dtype if sample.dtype in (torch.float32, torch.float64) else torch.float32
         run.generator = generator
         if sample is run.returned:
@@ -925,21 +1524,25 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
                     )
                 self._skip_seen = False
                 x_in = self._recipe.start(x_in, self._spec.path)
-            if run.pos == run.prog.first[run.m]:  # at the start of a solver step: the given sample is its state
+            if run.m < len(prog.plan) and run.pos == prog.first[run.m]:  # a step's start: the sample is its state
                 self._begin(run, x_in)
         out = _match_channels(_unwrap_output(model_output), sample).to(work)
-        p = run.prog.table[run.k]
-        x0 = self._pred.x0(out, x_in, p.alpha, p.sigma, p.d_alpha, p.d_sigma)
+        p = prog.pts[run.pos]
+        x0, d = self._clip(self._pred.x0(out, x_in, p.alpha, p.sigma, p.d_alpha, p.d_sigma), run,
+                           bool(kwargs.get("use_clipped_model_output")))
         run.pos += 1
-        try:  # resume the step program with this evaluation; it stops at its next one or finishes
-            run.k, prev = run.program.send(x0)
-        except StopIteration as stop:
-            prev, run.hist, _ = stop.value
-            run.m += 1
-            if run.m < len(run.prog.plan):
-                # start the next solver step right away, so that the pipeline evaluates the model exactly
-                # where that step asks for its first evaluation
-                prev = self._begin(run, prev)
+        if run.m >= len(prog.plan):  # the evaluation after the last step (DDIM ending at timestep 0): no change
+            prev = x_in
+        else:
+            try:  # resume the step program with this evaluation; it stops at its next one or finishes
+                run.k, prev = run.program.send(d)
+            except StopIteration as stop:
+                prev, run.hist, _ = stop.value
+                run.m += 1
+                if run.m < len(prog.plan):
+                    # start the next solver step right away, so that the pipeline evaluates the model exactly
+                    # where that step asks for its first evaluation
+                    prev = self._begin(run, prev)
         run.stage = prev
         run.returned = prev if prev.dtype == sample.dtype else prev.to(sample.dtype)
         if not return_dict:
@@ -957,8 +1560,26 @@ class PFODEScheduler(SchedulerMixin, ConfigMixin):
         return first
 
     # -- forward process -----------------------------------------------------------------------
+    def _times_of(self, timesteps) -> torch.Tensor:
+        """Path times of diffusers timesteps: this schedule's own time where the timestep is one of its
+        ``timesteps`` (the ``begin_index`` or current one first, as diffusers' sigma schedulers pick), else the
+        training table's."""
+        ts = torch.as_tensor(timesteps).detach().cpu().to(torch.float64).flatten()
+        t = self._spec.t_of_timestep(ts)
+        prog = self._prog
+        if prog is None:
+            return t
+        for i, v in enumerate(ts.tolist()):
+            found = self._where(v)
+            for pref in (self._begin_index, self.step_index):
+                if pref is not None and pref in found:
+                    found = [pref]
+            if found:
+                t[i] = prog.pts[found[1] if len(found) > 1 else found[0]].t
+        return t
+
     def _alpha_sigma(self, timesteps, like: torch.Tensor):
-        t = self._spec.t_of_timestep(torch.as_tensor(timesteps).detach().cpu())
+        t = self._times_of(timesteps)
         if t.numel() == 1:
             t = t.flatten()[0]
             return float(self._spec.path.alpha(t)), float(self._spec.path.sigma(t))
