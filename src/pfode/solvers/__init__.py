@@ -8,6 +8,7 @@ objects can be passed to :func:`pfode.sample` directly. Each solver states ``ord
 from . import ancestral, dpm_adaptive, edm  # noqa: F401  (k-diffusion's samplers, registered on import)
 from .adaptive import Dopri5
 from .base import AdaptiveSolver, Point, Solver, SolverBase, Step, Table, available, describe, get, register
+from .correctors import LML, Corrected, Corrector, DenoisingMCMC, Langevin, correct, density_noise_classifier  # noqa: F401
 from .evodiff import EVODiff  # noqa: F401  (registers "evodiff")
 from .exponential import DDIM, DEIS, IPNDM, DPMSolver, DPMSolverPP2S, DPMSolverPPMultistep, UniPC, phi
 from .rk import RK, RK4, Euler, Heun, Midpoint
