@@ -6,7 +6,8 @@ noise ``x_T = sigma(t_max) * randn`` (seed 0). For dpm++2m and unipc at NFE 8, 1
 (seed 1); the row "data" is the distance between two independent 4000-point data sets (seeds 2 and 1), the
 floor at this sample size.
 
-Run: ``.venv/bin/python benchmarks/moons_nfe.py`` (about 1 minute of CPU). Writes ``benchmarks/results/moons_nfe.{json,png}``.
+Run: ``.venv/bin/python benchmarks/moons_nfe.py`` (about 1 minute of CPU). Writes
+``benchmarks/results/moons_nfe.{json,png}``.
 """
 
 from __future__ import annotations
