@@ -182,3 +182,12 @@ def test_subpackages_are_usable_after_import_pfode():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_load_takes_the_dtype_of_the_weights_and_refuses_others():
+    m = models.load("builtin:moons", dtype=torch.bfloat16)
+    assert m.dtype == torch.bfloat16 and all(p.dtype == torch.bfloat16 for p in m.net.parameters())
+    assert models.load("builtin:moons").dtype == torch.float32
+    for bad in (torch.int32, "float16"):
+        with pytest.raises(TypeError, match=r"dtype=.* valid: torch.float32, torch.float64, torch.float16"):
+            models.load("builtin:moons", dtype=bad)

@@ -255,6 +255,11 @@ class Sampler:
         )
 
     def _adaptive(self, x_T, cond, callback, return_trajectory, return_info, check_finite, generator=None):
+        if x_T.dtype in (torch.float16, torch.bfloat16):
+            raise TypeError(
+                f"solver {self.solver.name!r} controls its error in float32 or float64; x_T is {x_T.dtype}: load the "
+                "model in float32 (pfode.models.load(..., dtype=torch.float32)) or use a fixed-step solver"
+            )
         g = self.grid
         extra = {}
         if self.solver.stochastic:  # per-sample noise streams seeded by the caller's generator

@@ -68,7 +68,9 @@ class ConsistencyModel(nn.Module):
         c_skip = sd * sd / (ds * ds + sd * sd)
         c_out = sd * ds / torch.sqrt(sd * sd + s * s)
         c_in = 1.0 / torch.sqrt(s * s + sd * sd)
+        # the skip connection in float32 (float64 states stay float64); the network sees, and the result is, x's
+        # dtype (a float16/bfloat16 network gets a float16/bfloat16 input)
         dt = x.dtype if x.dtype == torch.float64 else torch.float32
-        y = x / a.to(dt).reshape(shape)
-        f = self._inner.raw(y * c_in.to(dt).reshape(shape), self._inner.time_tensor(t, x))
-        return c_skip.to(dt).reshape(shape) * y + c_out.to(dt).reshape(shape) * f
+        y = x.to(dt) / a.to(dt).reshape(shape)
+        f = self._inner.raw((y * c_in.to(dt).reshape(shape)).to(x.dtype), self._inner.time_tensor(t, x))
+        return (c_skip.to(dt).reshape(shape) * y + c_out.to(dt).reshape(shape) * f).to(x.dtype)

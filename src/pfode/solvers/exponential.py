@@ -37,6 +37,16 @@ def phi(k: int, z: float) -> float:
     return val
 
 
+def _up(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 if it is a float16/bfloat16 tensor, else ``x`` itself.
+
+    Noise-prediction steps rebuild ``eps_hat = (x - alpha x0_hat) / sigma`` from the state: at low noise this
+    difference cancels, and in a half-precision state it would keep about one significant digit. They compute
+    it, and the step, in float32 and round only the new state to the state's dtype.
+    """
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _lin(x: torch.Tensor, cx: float, terms) -> torch.Tensor:
     """``cx * x + sum w * d``, accumulated in place in one fresh tensor."""
     out = x * cx
@@ -212,17 +222,19 @@ class DPMSolver(Solver):
 
     def step(self, x, hist, st, noise=None):
         d0 = yield st.i, x
-        e0 = torch.add(x, d0, alpha=-st.a).mul_(1.0 / st.s)
-        out = torch.add(x * st.cx, e0, alpha=st.w[0])
+        xc = _up(x)  # eps_hat = (x - alpha x0_hat) / sigma cancels at low noise: float32 for half states
+        e0 = torch.add(xc, _up(d0), alpha=-st.a).mul_(1.0 / st.s)
+        out = torch.add(xc * st.cx, e0, alpha=st.w[0])
         e1 = None
         for idx, ax, ce, c1, a, s in st.stages:
-            u = torch.add(x * ax, e0, alpha=ce)
+            u = torch.add(xc * ax, e0, alpha=ce)
             if c1:
                 u.add_(e1 - e0, alpha=c1)
-            e1 = torch.add(u, (yield idx, u), alpha=-a).mul_(1.0 / s)
+            u = u.to(x.dtype)  # the state the network sees
+            e1 = torch.add(_up(u), _up((yield idx, u)), alpha=-a).mul_(1.0 / s)
         if e1 is not None:
             out = torch.add(out, e1 - e0, alpha=st.c_last)
-        return out, hist, d0
+        return out.to(x.dtype), hist, d0
 
     def adjoint_weights(self, r):
         return (1.0,) if self.evals_per_step == 1 else None  # every step first order: DDIM
@@ -500,9 +512,10 @@ class _AdamsInS(_Multistep):
         )
 
     def update(self, x, hist, st, d, noise=None):
-        e = torch.add(x, d, alpha=-st.a).mul_(1.0 / st.s)
+        xc = _up(x)  # eps_hat (kept as history) in float32 for half states, see _up
+        e = torch.add(xc, _up(d), alpha=-st.a).mul_(1.0 / st.s)
         hist = self._push(hist, e, self.order)
-        return _lin(x, st.cx, zip(st.w, hist)), hist
+        return _lin(xc, st.cx, zip(st.w, hist)).to(x.dtype), hist
 
 
 class DEIS(_AdamsInS):
