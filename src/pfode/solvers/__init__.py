@@ -11,6 +11,7 @@ from .base import AdaptiveSolver, Point, Solver, SolverBase, Step, Table, availa
 from .correctors import LML, Corrected, Corrector, DenoisingMCMC, Langevin, correct, density_noise_classifier  # noqa: F401
 from .evodiff import EVODiff  # noqa: F401  (registers "evodiff")
 from .exponential import DDIM, DEIS, IPNDM, DPMSolver, DPMSolverPP2S, DPMSolverPPMultistep, UniPC, phi
+from .momentum import GHVB, HeavyBall, heavy_ball  # noqa: F401  (registers dpm++2m-hb, unipc-hb, ipndm-hb, ghvb)
 from .rk import RK, RK4, Euler, Heun, Midpoint
 from .stochastic import DPMSolverPP2MSDE, EulerMaruyama
 from .usf import USF, Rule
