@@ -297,3 +297,148 @@ def test_out_under_a_file_names_the_file(tmp_path, capsys, monkeypatch):
     (tmp_path / "f").write_text("x")
     for extra in ([], ["--force"]):
         fails_in(capsys, 1, ["sample", "--out", "f/s.png", *extra], "f is a file, not a folder")
+
+
+# --- start-up, progress, dtype, README -----------------------------------------------------------------
+HEAVY = ("torch", "matplotlib", "scipy", "sklearn", "safetensors", "diffusers", "PIL")
+
+
+def _imported_after(code: str) -> list[str]:
+    """Top-level packages of HEAVY that ``code`` leaves in ``sys.modules`` (a fresh interpreter)."""
+    probe = f"import sys\n{code}\nprint(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))"
+    r = subprocess.run([sys.executable, "-c", probe], env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1].replace("'", '"'))
+
+
+def test_version_and_help_import_no_heavy_module():
+    """``import pfode``, ``pfode --version`` and ``pfode --help`` import neither torch nor any plotting, SciPy,
+    scikit-learn, safetensors, diffusers or PIL module; ``pfode info`` needs torch only."""
+    light = ["import pfode, pfode.cli", "from pfode.cli import main"]
+    for argv in (["--version"], ["--help"], ["sample", "--help"]):
+        light.append(f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass")
+    assert _imported_after("\n".join(light)) == []
+    # info needs torch alone; a bare `import pfode` still gives every public name, pfode.sample stays the function
+    code = (
+        "from pfode.cli import main\nmain(['info'])\nimport pfode, pfode.likelihood, pfode.invert\n"
+        "assert callable(pfode.sample) and callable(pfode.invert) and pfode.paths.VP and pfode.Sampler"
+    )
+    assert _imported_after(code) == ["torch"]
+
+
+def test_progress_lines_time_left_and_quiet():
+    import io
+
+    from pfode.cli.progress import Progress, duration
+
+    assert [duration(s) for s in (0.4, 59, 61, 3599, 7322)] == ["0s", "59s", "1m01s", "59m59s", "2h02m"]
+    now = [0.0]
+    log = io.StringIO()  # not a terminal: one line every 30 s, none for jobs that end sooner
+    with Progress("job", 4, "steps", stream=log, every=30, clock=lambda: now[0]) as p:
+        p.update()
+        assert log.getvalue() == ""
+        now[0] = 30.0
+        p.update()  # 2 of 4 steps in 30 s: 30 s left
+        assert log.getvalue() == "job: 50% (2/4 steps), 30s elapsed, about 30s left\n"
+        now[0] = 45.0
+        p.update()  # 15 s after the last line: not yet
+        now[0] = 90.0
+        p.update()
+    last = ["job: 100% (4/4 steps), 1m30s elapsed, about 0s left", "job: 4 steps done in 1m30s"]
+    assert log.getvalue().splitlines()[1:] == last
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Tty()
+    with Progress("job", 3, stream=tty, every=0, clock=lambda: now[0]) as p:
+        p.update()
+        p.update()
+    assert tty.getvalue().startswith("\rjob  33% |######      ") and "\rjob  67% |#############" in tty.getvalue()
+    assert tty.getvalue().endswith("\n") and tty.getvalue().rstrip().endswith("\rjob: done in 0s")
+    quiet = Tty()
+    with Progress("job", 3, stream=quiet, every=0, quiet=True) as p:
+        p.update(3)
+    assert quiet.getvalue() == ""
+
+
+def test_sample_progress_dtype_and_new_folder(tmp_path, capsys, monkeypatch):
+    """Progress lines on stderr (every step with PFODE_PROGRESS_EVERY=0), none with --quiet; --dtype reaches the
+    network; an --out in a missing folder creates it and says so."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PFODE_PROGRESS_EVERY", "0")
+    base = ["sample", "--model", "builtin:moons", "--n", "40", "--nfe", "4", "--batch-size", "20"]
+    assert main([*base, "--out", "new/dir/a.npz"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert "sample: 25% (2/8 steps)" in err[1] and "left" in err[1]  # 2 batches of 4 steps
+    assert err[-2].startswith("sample: 8 steps done in")
+    assert err[-1] == f"pfode: created the folder {Path('new/dir')} for --out"
+    assert main([*base, "--out", "new/dir/b.npz", "--dtype", "float64", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""  # the folder exists now, and no progress
+    assert main([*base, "--out", "new/dir/c.npz", "--dtype", "float16", "--quiet"]) == 0
+    a, b, c = (np.load(tmp_path / "new" / "dir" / f"{k}.npz") for k in "abc")
+    assert a["samples"].dtype == np.float32 and b["samples"].dtype == np.float64 and c["samples"].dtype == np.float32
+    assert 0 < np.abs(b["samples"] - a["samples"]).max() < 1e-3  # the same sampler in another precision
+    assert 0 < np.abs(c["samples"] - a["samples"]).max() < 0.1
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    assert "a missing folder is created" in " ".join(capsys.readouterr().out.split())
+
+
+def test_nll_reports_progress_inside_and_across_batches(tmp_path, capsys, monkeypatch):
+    """nll's progress comes from the network's calls: it moves inside a batch and counts the batches."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PFODE_PROGRESS_EVERY", "0")
+    argv = ["nll", "--model", "builtin:moons", "--n", "8", "--batch-size", "4", "--rtol", "1e-2", "--atol", "1e-2"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err.splitlines()
+    first = [int(ln.split("%")[0].split()[-1]) for ln in err if "(0/2 batches)" in ln]
+    second = [int(ln.split("%")[0].split()[-1]) for ln in err if "(1/2 batches)" in ln]
+    assert first and second and 0 < max(first) <= 50 < max(second)
+    assert err[-1].startswith("nll: 2 batches done in")
+
+
+def test_bench_defaults_on_a_network(tmp_path, capsys, monkeypatch):
+    """A network model gets the cheap defaults (16 samples, float32); the reference is reported with its NFE."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["bench", "--model", "builtin:moons", "--nfe", "3,4", "--solvers", "ddim,heun", "--reference-tol", "1e-4"]
+    assert main([*argv, "--out", "plots/b.png", "--json", "b.json", "--quiet"]) == 0
+    out = capsys.readouterr()
+    assert "16 samples in float32" in out.out and "tol 0.0001" in out.out
+    table = json.loads((tmp_path / "b.json").read_text())
+    assert table["n"] == 16 and table["dtype"] == "float32" and table["reference"]["nfe"] > 10
+    assert table["rmse"]["heun"]["3"] is not None and table["rmse"]["heun"]["4"] is None
+    assert (tmp_path / "plots" / "b.png").is_file() and "created the folder plots" in out.err
+
+
+def test_readme_commands_run_in_order():
+    """The README's command block, read top to bottom: no command writes an output an earlier one wrote (without
+    --force), and every model, recipe or run a command reads was written before (or is builtin/analytic)."""
+    import shlex
+
+    from pfode.cli import build_parser
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    block = text.split("## Command line", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    lines = [ln for ln in block.splitlines() if ln.startswith("pfode ")]
+    assert len(lines) >= 10
+    parser = build_parser()
+    written: set[str] = set()
+    for ln in lines:
+        a = parser.parse_args(shlex.split(ln, comments=True)[1:])
+        reads = [getattr(a, "teacher" if a.command == "reflow" else "model", None)]
+        reads += [getattr(a, "recipe", None), getattr(a, "resume", None)]
+        for r in reads:
+            if r and not r.startswith(("builtin:", "analytic:")):
+                assert r in written, f"{ln!r} reads {r}, which no earlier command writes"
+        if a.command == "train" and a.config:
+            assert (root / a.config).is_file(), a.config
+        outs = [getattr(a, "out", None), getattr(a, "json", None)]
+        if a.command == "train" and a.resume is None and a.out is None:
+            outs[0] = f"runs/{Path(a.config).stem}"
+        for o in (o for o in outs if o):
+            resumed = a.command == "train" and a.resume == o
+            assert o not in written or a.force or resumed, f"{ln!r} writes {o} again without --force"
+            written.add(o)

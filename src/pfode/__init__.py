@@ -13,31 +13,80 @@ Quick map:
 * :func:`pfode.cfg`, :func:`pfode.dynamic_thresholding`, :func:`pfode.classifier_guidance` — guidance wrappers;
 * :func:`pfode.tune`, :class:`pfode.Recipe` — few-step samplers fitted to a model (times, rules, analytic skip);
 * :mod:`pfode.metrics` — W2 (exact Gaussian, samples), sliced W2, MMD, straightness.
+
+Every name is imported on first use (PEP 562), so that ``import pfode`` -- and with it ``pfode --version``
+and ``pfode --help`` -- does not import torch; ``pfode.sample(...)`` after a bare ``import pfode`` works as
+if everything had been imported.
 """
 
-from . import adjoint, analytic, guidance, likelihood, metrics, paths, solvers, tuning
-from .adjoint import adjoint_sample
-from .grids import as_grid, grid
-from .guidance import cfg, classifier_guidance, dynamic_thresholding
-from .invert import InversionOutput, RoundTrip, bdia_sample, invert, round_trip
-from .likelihood import BitsPerDimOutput, LikelihoodOutput, bits_per_dim, log_likelihood
-from .predictions import Denoiser
-from .sample import NonFiniteError, SampleOutput, Sampler, sample
-from .tuning import GaussianSkip, Recipe, tune
+from __future__ import annotations
+
+import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
-#: subpackages imported on first use (``pfode.models.load(...)`` after a bare ``import pfode``), so that
-#: ``import pfode`` stays light
-_LAZY = ("models", "train", "data", "nets", "integrations", "plots", "checkpoint", "engine", "grids", "predictions")
+#: public name -> the submodule that defines it
+_NAMES = {
+    "adjoint_sample": "adjoint",
+    "as_grid": "grids",
+    "grid": "grids",
+    "cfg": "guidance",
+    "classifier_guidance": "guidance",
+    "dynamic_thresholding": "guidance",
+    "InversionOutput": "invert",
+    "RoundTrip": "invert",
+    "bdia_sample": "invert",
+    "invert": "invert",
+    "round_trip": "invert",
+    "BitsPerDimOutput": "likelihood",
+    "LikelihoodOutput": "likelihood",
+    "bits_per_dim": "likelihood",
+    "log_likelihood": "likelihood",
+    "Denoiser": "predictions",
+    "NonFiniteError": "sample",
+    "SampleOutput": "sample",
+    "Sampler": "sample",
+    "sample": "sample",
+    "GaussianSkip": "tuning",
+    "Recipe": "tuning",
+    "tune": "tuning",
+}
+#: subpackages and modules reachable as attributes after a bare ``import pfode``
+_MODULES = (
+    "adjoint", "analytic", "guidance", "likelihood", "metrics", "paths", "solvers", "tuning",
+    "models", "train", "data", "nets", "integrations", "plots", "checkpoint", "engine", "grids", "predictions", "io",
+)  # fmt: skip
+#: submodules named like the function they define: ``pfode.sample`` and ``pfode.invert`` are the functions
+_SHADOWED = frozenset(n for n, m in _NAMES.items() if n == m)
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+    if name in _NAMES:
+        value = getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
+    elif name in _MODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
 
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __dir__():
+    return sorted({*globals(), *_NAMES, *_MODULES})
+
+
+class _Package(types.ModuleType):
+    """Importing the submodule ``pfode.sample`` binds it as an attribute of the package: keep the function."""
+
+    def __setattr__(self, name, value):
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "Denoiser",

@@ -1,6 +1,10 @@
 """The ``pfode`` command line: sample, tune, train, reflow, nll, invert, bench, info (one module per command).
 
-``pfode COMMAND --help`` describes each command. Models are given as ``--model``:
+``pfode COMMAND --help`` describes each command. ``pfode --version`` and ``pfode --help`` import no torch
+(a command's options are added when it is chosen, and ``import pfode`` is lazy). Long jobs report their
+progress and the time left on stderr (:mod:`pfode.cli.progress`); ``--quiet`` silences it.
+
+Models are given as ``--model``:
 
 * ``builtin:digits`` (the default) or ``builtin:moons`` -- small models shipped inside the package;
 * ``analytic:gmm[:DIM[:K]]`` -- an exact Gaussian mixture (default 2-D, 8 components) on ``--path``;
@@ -18,6 +22,7 @@ adds the traceback.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import traceback
@@ -30,7 +35,27 @@ __all__ = ["main", "build_parser", "CLIError", "UsageError"]
 COMMANDS = (sample, tune, train, reflow, nll, invert, bench, info)
 
 
-def build_parser() -> Parser:
+class _Commands(argparse._SubParsersAction):
+    """Sub-commands whose options are added only when the command is chosen (or at once with ``fill``), so that
+    ``pfode --version`` and ``pfode --help`` import neither torch nor the commands' dependencies."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pending: dict = {}
+
+    def fill(self, name: str | None = None):
+        for n in [name] if name is not None else list(self.pending):
+            cmd = self.pending.pop(n, None)
+            if cmd is not None:
+                cmd.add_arguments(self._name_parser_map[n])
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        self.fill(values[0] if values else None)
+        super().__call__(parser, namespace, values, option_string)
+
+
+def build_parser(lazy: bool = False) -> Parser:
+    """The ``pfode`` parser; ``lazy``: a command's own options are added when it is parsed (see :class:`_Commands`)."""
     from .. import __version__
 
     ap = Parser(
@@ -40,12 +65,15 @@ def build_parser() -> Parser:
     )
     ap.add_argument("--version", action="version", version=f"pfode {__version__}")
     common_options(ap, suppress=False)
-    sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser, action=_Commands)
     for cmd in COMMANDS:
-        p = sub.add_parser(cmd.__name__.rsplit(".", 1)[1], help=cmd.HELP, description=cmd.HELP)
+        name = cmd.__name__.rsplit(".", 1)[1]
+        p = sub.add_parser(name, help=cmd.HELP, description=cmd.HELP)
         common_options(p, suppress=True)
         p.set_defaults(func=cmd.run)
-        cmd.add_arguments(p)
+        sub.pending[name] = cmd
+    if not lazy:
+        sub.fill()
     return ap
 
 
@@ -54,7 +82,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = any(a in ("-v", "--verbose") for a in argv)
     try:
-        parser = build_parser()
+        parser = build_parser(lazy=True)
         args = parser.parse_args(argv)
         verbose = args.verbose
         if args.command is None:

@@ -6,11 +6,12 @@ import argparse
 import dataclasses
 import math
 import os
+import sys
 from pathlib import Path as FsPath
 
-from ..models import BUILTIN, Model, load
-
 PROG = "pfode"
+#: ``--dtype`` choices (names of torch dtypes)
+DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -110,7 +111,7 @@ def int_list(text: str) -> list[int]:
 def common_options(p: argparse.ArgumentParser, suppress: bool):
     d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
     p.add_argument("-v", "--verbose", action="store_true", default=d(False), help="show tracebacks of errors")
-    p.add_argument("-q", "--quiet", action="store_true", default=d(False), help="no progress bars")
+    p.add_argument("-q", "--quiet", action="store_true", default=d(False), help="no progress bars or lines on stderr")
     p.add_argument(
         "--threads",
         type=positive_int,
@@ -153,6 +154,19 @@ def check_output(path, force: bool, suffixes: tuple[str, ...], what: str = "--ou
     return p
 
 
+def make_folder(path, what: str = "--out") -> bool:
+    """Create the missing folders above the output ``path`` and say so on stderr; True if any were made.
+
+    Called when the output is about to be written (:func:`check_output` creates nothing, so that a failed
+    command leaves nothing behind)."""
+    parent = FsPath(os.fspath(path)).parent
+    if parent.exists():
+        return False
+    parent.mkdir(parents=True, exist_ok=True)
+    print(f"{PROG}: created the folder {parent} for {what}", file=sys.stderr, flush=True)
+    return True
+
+
 def save_npz(path: FsPath, arrays: dict):
     """Write ``arrays`` (tensors or arrays) as an ``.npz`` atomically."""
     import numpy as np
@@ -160,6 +174,7 @@ def save_npz(path: FsPath, arrays: dict):
     from ..io import atomic_write
 
     arrays = {k: to_numpy(v) if hasattr(v, "detach") else v for k, v in arrays.items()}
+    make_folder(path)
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
@@ -202,11 +217,22 @@ def check_spacing(spacing: str) -> str:
 
 # --- models -------------------------------------------------------------------------------------
 @dataclasses.dataclass
-class Resolved(Model):
-    """A model of ``--model``: a loaded :class:`pfode.models.Model` or an analytic target (``spec`` is None)."""
+class Resolved:
+    """A model of ``--model``: the fields of a loaded :class:`pfode.models.Model` (not subclassed, so that this
+    module imports without torch) or an analytic target (``spec`` is None, ``target`` the target)."""
 
+    name: str
+    denoiser: object
+    data_shape: tuple
+    spec: dict | None
+    meta: dict = dataclasses.field(default_factory=dict)
+    net: object = None
     dtype: object = None
     target: object = None  # the analytic target
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.data_shape) == 3
 
 
 def _analytic(spec: str, path_name: str | None) -> Resolved:
@@ -237,6 +263,8 @@ def resolve_model(spec: str | None, path_name: str | None = None, dtype=None, de
     """A model from ``--model`` (see :mod:`pfode.cli`); float32 networks unless ``dtype`` is given."""
     import torch
 
+    from ..models import BUILTIN, load
+
     spec = spec or "builtin:digits"
     if spec.startswith("analytic:"):
         return _analytic(spec, path_name)
@@ -247,7 +275,8 @@ def resolve_model(spec: str | None, path_name: str | None = None, dtype=None, de
         if name not in BUILTIN:
             raise UsageError(f"unknown builtin model {name!r}; available: {', '.join(BUILTIN)}")
     m = load(spec, device=device, dtype=dtype or torch.float32)
-    return Resolved(**vars(m), dtype=dtype or torch.float32)
+    keep = {f.name: getattr(m, f.name) for f in dataclasses.fields(Resolved) if f.name not in ("dtype", "target")}
+    return Resolved(**keep, dtype=dtype or torch.float32)
 
 
 def _training_data(m: Resolved):

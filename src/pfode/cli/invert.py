@@ -19,6 +19,7 @@ from .common import (
     save_npz,
     say,
 )
+from .progress import NetCalls, Progress
 
 HELP = "map data to noise and back along the PF-ODE; print the round-trip error"
 
@@ -33,7 +34,9 @@ def add_arguments(p):
     p.add_argument("--gamma", type=positive_float, default=1.0, help="BDIA gamma in (0, 1]")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     p.add_argument("--seed", type=nonneg_int, default=0)
-    p.add_argument("--out", default=None, help="data, latents and reconstructions as .npz")
+    p.add_argument(
+        "--out", default=None, help="data, latents and reconstructions as .npz (a missing folder is created)"
+    )
     p.add_argument("--force", action="store_true")
 
 
@@ -50,11 +53,20 @@ def run(args) -> int:
     out = check_output(args.out, args.force, (".npz",)) if args.out else None
     m = resolve_model(args.model, args.path, dtype=torch.float64 if args.dtype == "float64" else torch.float32)
     x, label = load_data(m, args)
+    # progress in network evaluations: a plain round trip spends --nfe each way on the same grid
+    bar = Progress("invert", 2 * args.nfe if plain else None, "NFE", quiet=args.quiet)
+    net = getattr(m.denoiser, "net", None)
+    tick = NetCalls(bar).attach(net) if hasattr(net, "register_forward_hook") and not bar.quiet else None
     t0 = time.perf_counter()
-    with torch.no_grad():
-        rt = round_trip(
-            m.denoiser, x, nfe=args.nfe, solver=args.solver, spacing=args.spacing, method=args.method, gamma=args.gamma
-        )
+    try:
+        with torch.no_grad(), bar:
+            rt = round_trip(
+                m.denoiser, x, nfe=args.nfe, solver=args.solver, spacing=args.spacing, method=args.method,
+                gamma=args.gamma,
+            )  # fmt: skip
+    finally:
+        if tick is not None:
+            tick.detach()
     dt = time.perf_counter() - t0
     say(f"model {m.name}; data: {label}; {args.method} inversion with {args.solver}, {args.spacing} grid")
     say(

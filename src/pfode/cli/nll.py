@@ -19,6 +19,7 @@ from .common import (
     save_npz,
     say,
 )
+from .progress import NetProgress, Progress
 
 HELP = "log-likelihood (nats, bits per dimension) of data under a model's PF-ODE"
 FIXED = ("euler", "heun", "midpoint", "rk4")
@@ -42,16 +43,23 @@ def add_arguments(p):
     p.add_argument("--bpd", action="store_true", help="8-bit data: dequantized bits/dim bound (bits_per_dim)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     p.add_argument("--seed", type=nonneg_int, default=0)
-    p.add_argument("--out", default=None, help="per-sample log-likelihoods as .npz")
+    p.add_argument("--out", default=None, help="per-sample log-likelihoods as .npz (a missing folder is created)")
     p.add_argument("--force", action="store_true")
 
 
 def run(args) -> int:
+    from .. import distributed
+
+    with distributed.process_group("cpu"):  # under torchrun: gloo, each rank takes whole batches; else nothing
+        return _run(args)
+
+
+def _run(args) -> int:
     import torch
 
     import pfode
 
-    from ..likelihood import bits_per_dim, log_likelihood
+    from .. import distributed
 
     solver = args.solver
     if solver not in ("dopri5", *FIXED):
@@ -68,20 +76,26 @@ def run(args) -> int:
         opts.update(solver="dopri5", rtol=args.rtol, atol=args.atol)
     else:
         opts.update(solver=solver, grid=pfode.grid(m.denoiser.path, args.steps))
-    gen = torch.Generator().manual_seed(args.seed + 7)
+    n_batches = len(distributed.batches(x.shape[0], args.batch_size))  # this rank's
+    bar = Progress("nll", n_batches, "batches" if n_batches > 1 else "", quiet=args.quiet)
+    tick = _net_progress(m, bar)
     t0 = time.perf_counter()
-    logps, nfe = [], 0
-    for i in range(0, x.shape[0], args.batch_size):
-        xb = x[i : i + args.batch_size]
-        if args.bpd:
-            o = bits_per_dim(m.denoiser, _to_uint8(xb), generator=gen, dtype=m.dtype, **opts)
-            logps.append(o.bound)
-        else:
-            o = log_likelihood(m.denoiser, xb, generator=gen, **opts)
-            logps.append(o.logp)
-        nfe += o.nfe
+    # batch k draws probes (and dequantization noise) from its own generator, seeded with seed + 7 for the first
+    # batch; under torchrun each rank takes whole batches and rank 0 gathers the values in data order
+    kw = dict(batch_size=args.batch_size, seed=args.seed + 7, dst=0, **opts)
+    try:
+        with bar:
+            if args.bpd:
+                o = distributed.bits_per_dim(m.denoiser, _to_uint8(x), dtype=m.dtype, **kw)
+            else:
+                o = distributed.log_likelihood(m.denoiser, x, **kw)
+    finally:
+        if tick is not None:
+            tick.detach()
     dt = time.perf_counter() - t0
-    lp = torch.cat(logps).double().cpu()
+    if o is None:  # another rank than 0: rank 0 reports and writes
+        return 0
+    lp, nfe = (o.bound if args.bpd else o.logp).double().cpu(), o.nfe
     mean = float(lp.mean())
     se = float(lp.std() / math.sqrt(len(lp))) if len(lp) > 1 else float("nan")
     how = solver + (f" (rtol {args.rtol:g}, atol {args.atol:g})" if solver == "dopri5" else f" ({args.steps} steps)")
@@ -108,6 +122,17 @@ def run(args) -> int:
         save_npz(out, {"logp": lp, "x": x})
         say(f"per-sample values -> {out}")
     return 0
+
+
+def _net_progress(m, bar):
+    """Progress inside the likelihood solves, read from the network's calls (a forward hook; ``None`` for
+    analytic targets, whose batches are quick)."""
+    net = getattr(m.denoiser, "net", None)
+    if bar.quiet or not hasattr(net, "register_forward_hook"):
+        return None
+    path, den = m.denoiser.path, m.denoiser
+    lo, hi = (float(den.net_time(t)) for t in (path.t_min, path.t_max))  # the solve runs from data to noise
+    return NetProgress(bar, lo, hi, log=den.time_input == "sigma").attach(net)
 
 
 def _to_uint8(x):

@@ -26,7 +26,9 @@ def add_arguments(p):
         "config", nargs="?", default=None, metavar="CONFIG", help="student configuration (default: the teacher's)"
     )
     model_options(p, default="builtin:moons", name="--teacher")
-    p.add_argument("--out", default="runs/reflow", metavar="DIR", help="run folder (pairs in DIR/pairs)")
+    p.add_argument(
+        "--out", default="runs/reflow", metavar="DIR", help="run folder, created if missing (pairs in DIR/pairs)"
+    )
     p.add_argument("--pairs", type=positive_int, default=10000, help="number of teacher pairs (default 10000)")
     p.add_argument("--pair-batch", type=positive_int, default=1000, help="pairs per generated shard")
     p.add_argument("--solver", default="dpm++2m", help="teacher solver (default dpm++2m)")

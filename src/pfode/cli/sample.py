@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 
 from .common import (
+    DTYPES,
     CLIError,
     UsageError,
     check_output,
     check_solver,
     check_spacing,
+    make_folder,
     model_options,
     nonneg_int,
     positive_int,
@@ -18,6 +20,7 @@ from .common import (
     save_npz,
     say,
 )
+from .progress import Progress, SampleProgress
 
 HELP = "draw samples: an image grid, a 2-D scatter plot or an .npz of raw samples"
 
@@ -29,20 +32,43 @@ def add_arguments(p):
     p.add_argument("--spacing", default=None, help="time grid: logsnr, uniform, karras, quadratic (default logsnr)")
     p.add_argument("--recipe", default=None, help="a tuned recipe .json (pfode tune); it fixes solver, NFE and times")
     p.add_argument("--n", type=positive_int, default=None, help="samples (default 64 images or 1000 points)")
-    p.add_argument("--seed", type=nonneg_int, default=0)
-    p.add_argument("--out", default="samples.png", help="output .png or .npz (default samples.png)")
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=256,
+        help="samples per network batch (default 256); under torchrun each rank takes whole batches",
+    )
+    p.add_argument("--seed", type=nonneg_int, default=0, help="sample i's noise depends on the seed and i only")
+    p.add_argument(
+        "--out", default="samples.png", help="output .png or .npz (default samples.png; a missing folder is created)"
+    )
     p.add_argument("--trajectories", action="store_true", help="2-D models: draw trajectories coloured by time")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="dtype of the network and the samples (default float32; analytic targets always use float64)",
+    )
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
 
 
 def run(args) -> int:
+    from .. import distributed
+
+    # under torchrun: one process group for the command (gloo on the CPU, nccl on CUDA); otherwise nothing
+    with distributed.process_group(args.device) as ctx:
+        args.device = str(ctx.device)  # "cuda" -> "cuda:LOCAL_RANK"
+        return _run(args)
+
+
+def _run(args) -> int:
     import numpy as np
     import torch
 
     import pfode
 
-    from .. import plots
+    from .. import distributed, plots
 
     out = check_output(args.out, args.force, (".png", ".npz"))
     recipe = None
@@ -55,7 +81,7 @@ def run(args) -> int:
     args.solver = args.solver or "dpm++2m"
     spacing = check_spacing(args.spacing or "logsnr")
     solver = check_solver(args.solver, args.nfe)
-    m = resolve_model(args.model, args.path, device=args.device)
+    m = resolve_model(args.model, args.path, dtype=getattr(torch, args.dtype), device=args.device)
     if recipe is not None:
         recipe.check(m.denoiser.path)
         if tuple(m.data_shape) != recipe.shape:
@@ -65,28 +91,51 @@ def run(args) -> int:
     if args.trajectories and (m.is_image or out.suffix == ".npz"):
         raise UsageError("--trajectories draws 2-D trajectories: it needs a vector model and a .png output")
     n = args.n or (64 if m.is_image else 1000)
-    gen = torch.Generator().manual_seed(args.seed)
     path = m.denoiser.path
-    z = torch.randn((n, *m.data_shape), generator=gen, dtype=m.dtype)
-    t_start = recipe.t_start if recipe is not None else path.t_max
-    x_T = (float(path.sigma(t_start)) * z).to(args.device)
+    if recipe is not None:
+        grid, how = recipe, {}
+    elif solver.adaptive:
+        grid, how = pfode.grid(path, 1), {"solver": solver}
+    else:
+        grid, how = None, {"solver": solver, "nfe": args.nfe, "spacing": spacing}
+    sampler = pfode.Sampler(m.denoiser, grid, **how)  # what one batch costs: its steps (the library's cached plan)
+    n_batches = len(distributed.batches(n, args.batch_size))  # this rank's batches
+    if sampler.adaptive:
+        lam = [float(path.lam(float(sampler.grid[i]))) for i in (0, -1)]
+        bar = Progress("sample", n_batches, quiet=args.quiet)  # in batches, each by its log-SNR span covered
+        tick = SampleProgress(bar, None, lam[0], lam[1], path)
+    else:
+        bar = Progress("sample", n_batches * len(sampler.plan), "steps", quiet=args.quiet)
+        tick = SampleProgress(bar, len(sampler.plan))
     t0 = time.perf_counter()
-    kw = dict(return_info=True, return_trajectory=bool(args.trajectories))
-    if solver.stochastic:
-        kw["generator"] = torch.Generator().manual_seed(args.seed + 1)
-    with torch.no_grad():
-        if recipe is not None:
-            res = pfode.sample(m.denoiser, x_T, recipe, **kw)
-        elif solver.adaptive:
-            res = pfode.sample(m.denoiser, x_T, pfode.grid(path, 1), solver, **kw)
-        else:
-            res = pfode.sample(m.denoiser, x_T, solver=solver, nfe=args.nfe, spacing=spacing, **kw)
+    with torch.no_grad(), bar:  # per-sample seeded noise in whole batches, one shard per torchrun rank, all on rank 0
+        res = distributed.sample(
+            m.denoiser,
+            n,
+            m.data_shape,
+            grid,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            dtype=m.dtype,
+            device=args.device,
+            return_info=True,
+            return_trajectory=bool(args.trajectories),
+            dst=0,
+            callback=tick,
+            **how,
+        )
     dt = time.perf_counter() - t0
+    if res is None:  # another rank than 0: rank 0 writes the output
+        return 0
     x = res.x.cpu()
+    if x.dtype in (torch.float16, torch.bfloat16):  # numpy has no bfloat16; plots want float32 either way
+        x = x.float()
+    make_folder(out)
     label = f"recipe {args.recipe}" if recipe is not None else args.solver
     title = f"{m.name}: {label}, {res.nfe} NFE, {'tuned' if recipe is not None else spacing} grid, seed {args.seed}"
     if out.suffix == ".npz":
         meta = dict(model=m.name, solver=label, nfe=res.nfe, spacing=spacing, seed=args.seed)
+        z = distributed.noise(n, m.data_shape, args.seed, dtype=m.dtype).to(x.dtype)  # x_T = sigma * z
         save_npz(out, {"samples": x, "noise": z, **{k: np.asarray(v) for k, v in meta.items()}})
     elif m.is_image:
         plots.sample_grid(x, out, title)

@@ -22,7 +22,9 @@ HELP = "train a model from a YAML/JSON configuration (pfode.train.config)"
 
 def add_arguments(p):
     p.add_argument("config", nargs="?", default=None, metavar="CONFIG", help="configuration (.yaml/.yml/.json)")
-    p.add_argument("--out", default=None, metavar="DIR", help="run folder (default runs/<config name>)")
+    p.add_argument(
+        "--out", default=None, metavar="DIR", help="run folder (default runs/<config name>; created if missing)"
+    )
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR from its latest checkpoint")
     add_run_flags(p, "start over in a folder that holds a run; overwrite exports")
 

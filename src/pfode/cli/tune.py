@@ -6,6 +6,7 @@ from .common import (
     CLIError,
     UsageError,
     check_output,
+    make_folder,
     model_options,
     nonneg_int,
     positive_float,
@@ -24,7 +25,9 @@ def add_arguments(p):
     p.add_argument(
         "--nfe", type=positive_int, default=5, help="network evaluations of the recipe, final step included (default 5)"
     )
-    p.add_argument("--out", default="recipe.json", help="output recipe .json (default recipe.json)")
+    p.add_argument(
+        "--out", default="recipe.json", help="output recipe .json (default recipe.json; a missing folder is created)"
+    )
     p.add_argument("--n", type=positive_int, default=128, help="tuning-set noises (default 128)")
     p.add_argument("--held-out", type=positive_int, default=64, help="held-out noises (default 64)")
     p.add_argument("--seed", type=nonneg_int, default=0)
@@ -96,6 +99,7 @@ def run(args) -> int:
     if base and base["held_out_error"] > 0:
         say(f"held-out ratio recipe / untuned best: {meta['held_out_error'] / base['held_out_error']:.3f}")
     say(recipe.summary())
+    make_folder(out)
     recipe.save(out)
     say(f"-> {out}")
     return 0
