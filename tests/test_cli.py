@@ -442,3 +442,13 @@ def test_readme_commands_run_in_order():
             resumed = a.command == "train" and a.resume == o
             assert o not in written or a.force or resumed, f"{ln!r} writes {o} again without --force"
             written.add(o)
+
+
+def test_sample_skip_sada(tmp_path, capsys):
+    """--skip sada reaches the sampler: fewer evaluations than the grid's steps, reported in the summary line."""
+    argv = ["sample", "--model", "builtin:moons", "--solver", "ddim", "--nfe", "30", "--n", "100", "--quiet"]
+    assert main([*argv, "--skip", "sada", "--out", str(tmp_path / "a.npz")]) == 0
+    used = int(capsys.readouterr().out.split("ddim (")[1].split(" NFE")[0])
+    assert 1 < used < 30
+    assert main([*argv, "--solver", "heun", "--nfe", "31", "--skip", "sada", "--out", str(tmp_path / "b.npz")]) == 1
+    assert "skip='sada' needs a solver" in capsys.readouterr().err

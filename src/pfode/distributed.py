@@ -449,7 +449,10 @@ def sample(
     shape = _check_shape(shape)
     if "generator" in options:
         raise TypeError("distributed.sample draws all noise from seed=; it takes no generator")
-    sampler = Sampler(denoiser, grid, solver, nfe=nfe, spacing=spacing, t_start=t_start, t_end=t_end, denoise=denoise)
+    skip = options.pop("skip", None)
+    sampler = Sampler(
+        denoiser, grid, solver, nfe=nfe, spacing=spacing, t_start=t_start, t_end=t_end, denoise=denoise, skip=skip
+    )
     t0 = sampler.recipe.t_start if sampler.recipe is not None else float(sampler.grid[0])
     scale = float(denoiser.path.sigma(t0))
     sde_seed = _derive(seed, 0x736465)

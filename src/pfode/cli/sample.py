@@ -31,6 +31,12 @@ def add_arguments(p):
     p.add_argument("--nfe", type=positive_int, default=None, help="network evaluations (default 10)")
     p.add_argument("--spacing", default=None, help="time grid: logsnr, uniform, karras, quadratic (default logsnr)")
     p.add_argument("--recipe", default=None, help="a tuned recipe .json (pfode tune); it fixes solver, NFE and times")
+    p.add_argument(
+        "--skip",
+        choices=("sada",),
+        default=None,
+        help="skip network evaluations where SADA's stability criterion holds (skipped calls are not counted)",
+    )
     p.add_argument("--n", type=positive_int, default=None, help="samples (default 64 images or 1000 points)")
     p.add_argument(
         "--batch-size",
@@ -98,6 +104,10 @@ def _run(args) -> int:
         grid, how = pfode.grid(path, 1), {"solver": solver}
     else:
         grid, how = None, {"solver": solver, "nfe": args.nfe, "spacing": spacing}
+    if args.skip is not None:
+        if recipe is not None or solver.adaptive:
+            raise UsageError(f"--skip {args.skip} needs a fixed-step solver without --recipe")
+        how["skip"] = args.skip
     sampler = pfode.Sampler(m.denoiser, grid, **how)  # what one batch costs: its steps (the library's cached plan)
     n_batches = len(distributed.batches(n, args.batch_size))  # this rank's batches
     if sampler.adaptive:
