@@ -151,7 +151,9 @@ class Sampler:
         self.adaptive = self.solver.adaptive
         if self.adaptive:
             if self.table[len(self.grid) - 1].zero:
-                raise ValueError("dopri5 needs a grid ending above zero noise; denoise=True finishes at zero noise")
+                raise ValueError(
+                    f"{self.solver.name} needs a grid ending above zero noise; denoise=True finishes at zero noise"
+                )
             self.plan = None
         else:
             self.plan = self.solver.plan(self.table)
