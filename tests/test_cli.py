@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -18,7 +19,8 @@ import pytest
 from pfode import plots
 from pfode.cli import main
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+# (pfode info's cache in a folder of its own, not the user's ~/.cache)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PFODE_CACHE_DIR": tempfile.mkdtemp()}
 
 TINY = """\
 data: {name: toy2d, kind: moons, n: 256, seed: 0}
@@ -303,10 +305,10 @@ def test_out_under_a_file_names_the_file(tmp_path, capsys, monkeypatch):
 HEAVY = ("torch", "matplotlib", "scipy", "sklearn", "safetensors", "diffusers", "PIL")
 
 
-def _imported_after(code: str) -> list[str]:
+def _imported_after(code: str, env: dict | None = None) -> list[str]:
     """Top-level packages of HEAVY that ``code`` leaves in ``sys.modules`` (a fresh interpreter)."""
     probe = f"import sys\n{code}\nprint(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))"
-    r = subprocess.run([sys.executable, "-c", probe], env=ENV, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", probe], env=env or ENV, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1].replace("'", '"'))
 
@@ -320,10 +322,27 @@ def test_version_and_help_import_no_heavy_module():
     assert _imported_after("\n".join(light)) == []
     # info needs torch alone; a bare `import pfode` still gives every public name, pfode.sample stays the function
     code = (
+        "import os, tempfile\nos.environ['PFODE_CACHE_DIR'] = tempfile.mkdtemp()\n"
         "from pfode.cli import main\nmain(['info'])\nimport pfode, pfode.likelihood, pfode.invert\n"
         "assert callable(pfode.sample) and callable(pfode.invert) and pfode.paths.VP and pfode.Sampler"
     )
     assert _imported_after(code) == ["torch"]
+
+
+def test_info_is_cached_by_what_it_depends_on(tmp_path, monkeypatch):
+    """A repeated ``pfode info`` prints the same report from its cache without importing torch; a cache whose key
+    does not match (another pfode, torch or machine) is recomputed."""
+    env = {**ENV, "PFODE_CACHE_DIR": str(tmp_path)}
+    first = subprocess.run([sys.executable, "-m", "pfode.cli", "info"], env=env, capture_output=True, text=True)
+    assert first.returncode == 0 and "dpm++2m" in first.stdout
+    code = "import io, contextlib\nfrom pfode.cli import main\nbuf = io.StringIO()\n"
+    code += "with contextlib.redirect_stdout(buf):\n    main(['info'])\nopen('out.txt', 'w').write(buf.getvalue())"
+    assert _imported_after(code.replace("open('out.txt'", f"open({str(tmp_path / 'out.txt')!r}"), env) == []
+    assert (tmp_path / "out.txt").read_text() == first.stdout
+    stale = json.loads((tmp_path / "info.json").read_text())
+    (tmp_path / "info.json").write_text(json.dumps({"key": "another", "lines": ["stale"]}))
+    again = subprocess.run([sys.executable, "-m", "pfode.cli", "info"], env=env, capture_output=True, text=True)
+    assert again.stdout == first.stdout and json.loads((tmp_path / "info.json").read_text()) == stale
 
 
 def test_progress_lines_time_left_and_quiet():

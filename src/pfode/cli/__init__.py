@@ -88,10 +88,10 @@ def main(argv=None) -> int:
         if args.command is None:
             parser.print_help(sys.stderr)
             return 2
-        import torch
+        threads = args.threads or (None if args.command in ("train", "reflow", "info") else 1)
+        if threads is not None:  # (info computes nothing: it reports torch's own default, from a cache when it can)
+            import torch
 
-        threads = args.threads or (None if args.command in ("train", "reflow") else 1)
-        if threads is not None:
             torch.set_num_threads(threads)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
