@@ -18,7 +18,8 @@ the samples. ``dpmpp_sde`` asks its noise sampler at a mid noise level that each
 own; a Brownian path is rough (``W`` moves ~``sqrt(ds)`` for a change ``ds``), so one float32 ulp of that level
 shows in its float32 row.
 
-``sample_dpm_fast`` is not compared: pfode's takes ``sigmas`` (k-diffusion's takes ``sigma_min, sigma_max, n``).
+``sample_dpm_fast`` is compared in ``tests/test_integrations_k_diffusion.py`` (its grid needs float64 as the
+default dtype in k-diffusion).
 
 Run: ``python benchmarks/agree_k_diffusion.py``; writes ``benchmarks/results/agree_k_diffusion.{json,png}``.
 """

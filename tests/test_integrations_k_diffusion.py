@@ -199,6 +199,29 @@ def test_dpm_adaptive_matches_k_diffusion(ksampling, mixture, kw):
         assert _maxabs(a["x"], b["x"]) <= 1e-6 and _maxabs(a["denoised"], b["denoised"]) <= 1e-6
 
 
+@pytest.mark.parametrize("n", [2, 3, 5, 10])
+def test_dpm_fast_matches_k_diffusion(ksampling, mixture, n):
+    """k-diffusion's signature (sigma_min, sigma_max, n) and result; its grid is a linspace in the default dtype,
+    so the comparison runs with float64 as the default dtype."""
+    import warnings
+
+    model, x = _kmodel(mixture), _x(1)
+    lo, hi = torch.tensor(0.002, dtype=torch.float64), torch.tensor(80.0, dtype=torch.float64)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # k-diffusion copy-constructs its tensors
+            ref = ksampling.sample_dpm_fast(model, x.clone(), lo, hi, n, disable=True)
+    finally:
+        torch.set_default_dtype(default)
+    calls = []
+    out = kd.sample_dpm_fast(lambda x, s: calls.append(1) or model(x, s), x.clone(), lo, hi, n)
+    assert len(calls) == n and _maxabs(out, ref) <= 1e-6 and _maxabs(out, x) > 1.0
+    with pytest.raises(ValueError, match="eta=0.5.*not offered"):
+        kd.sample_dpm_fast(model, x, lo, hi, n, eta=0.5)
+
+
 def test_noise_sampler_is_asked_for_each_interval(mixture):
     """One increment per noise interval, disjoint intervals (dpm++sde: the half steps), none on the step to zero;
     a noise_sampler of zeros is the same as s_noise=0, so the draws are really used."""
@@ -395,6 +418,10 @@ def test_every_sampler_solves_a_gaussian():
         solver = pfode.solvers.get(name)
         if fname == "sample_dpm_adaptive":  # k-diffusion's signature (sigma_min, sigma_max): ends at sigma_min
             out = getattr(kd, fname)(model, x.clone(), 0.002, hi, rtol=1e-5, atol=1e-5)
+            assert _rel(out, g.flow_map(x, hi, 0.002, EDM())) < 1e-3, fname
+            continue
+        if fname == "sample_dpm_fast":  # k-diffusion's signature (sigma_min, sigma_max, n) too
+            out = getattr(kd, fname)(model, x.clone(), 0.002, hi, 60)
             assert _rel(out, g.flow_map(x, hi, 0.002, EDM())) < 1e-3, fname
             continue
         seed = {"generator": torch.Generator().manual_seed(5)} if solver.stochastic else {}

@@ -19,8 +19,8 @@ sample_dpmpp_2m`` instead of ``k_diffusion.sampling``). Every other registered p
 ``sample_<name>(model, x, sigmas, extra_args=None, callback=None, disable=None, **options)`` (solver options as
 keywords), named by ``"++" -> "pp_"`` and ``"-" -> "_"``: ``dpm++3m`` -> ``sample_dpmpp_3m``, ``unipc`` ->
 ``sample_unipc``, ``dpm-fast`` -> ``sample_dpm_fast`` (:data:`SAMPLERS` lists them all; :func:`sampler_name` gives
-the rule). ``sample_dpm_fast`` here takes ``sigmas`` like every other sampler (k-diffusion's own takes
-``sigma_min, sigma_max, n``), and ``sample_dpm2`` is DPM-Solver-2 (Lu et al.), not k-diffusion's ``sample_dpm_2``.
+the rule). ``sample_dpm_fast`` takes k-diffusion's ``sigma_min, sigma_max, n`` (``eta = 0`` only), and
+``sample_dpm2`` is DPM-Solver-2 (Lu et al.), not k-diffusion's ``sample_dpm_2``.
 
 :func:`sample_recipe` runs a tuned :class:`pfode.Recipe` (``pfode.tune`` on :func:`denoiser` of the model) in
 place of ``sigmas``.
@@ -469,11 +469,36 @@ def sample_dpm_adaptive(model, x, sigma_min, sigma_max, extra_args=None, callbac
     return x
 
 
+@_k_sampler(
+    "dpm-fast",
+    " Its own grid: ``n`` evaluations spent as DPM-Solver-fast does (steps of order 3, the last ones of order 2 and "
+    "1, ``floor(n / 3) + 1`` steps) on a grid uniform in ``log sigma`` from ``sigma_max`` to ``sigma_min`` (no final "
+    "denoising). The ancestral variant (``eta > 0``) is not offered: use ``sample_dpm_adaptive(eta=...)`` or "
+    "``sample_dpmpp_2s_ancestral``.",
+)
+def sample_dpm_fast(model, x, sigma_min, sigma_max, n, extra_args=None, callback=None, disable=None, eta=0.0,
+                    s_noise=1.0, noise_sampler=None):
+    check_state("x", x)
+    lo, hi = float(sigma_min), float(sigma_max)
+    if not (lo > 0 and hi > 0):
+        raise ValueError(f"sigma_min={sigma_min!r} and sigma_max={sigma_max!r} must be > 0")
+    if float(eta) != 0.0:
+        raise ValueError(
+            f"eta={eta!r}: the ancestral DPM-Solver-fast is not offered (eta=0 only); sample_dpm_adaptive takes eta"
+        )
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n={n!r} must be a number of evaluations >= 1")
+    steps, solver = solvers.get("dpm-fast").for_nfe(n, False)
+    sigmas = torch.exp(torch.linspace(math.log(hi), math.log(lo), steps + 1, dtype=torch.float64))
+    return _run(model, x, sigmas, extra_args, callback, solver)
+
+
 _K_SAMPLERS = {
     f.solver_name: f
     for f in (
         sample_euler, sample_heun, sample_dpm_2, sample_lms, sample_euler_ancestral, sample_dpm_2_ancestral,
         sample_dpmpp_2s_ancestral, sample_dpmpp_sde, sample_dpmpp_2m_sde, sample_dpmpp_3m_sde, sample_dpm_adaptive,
+        sample_dpm_fast,
     )
 }
 
