@@ -367,7 +367,7 @@ def test_ddim_pipeline_matches_diffusers_ddim(unet):
     assert _rel(rec.last, ref) < 1e-4 and torch.allclose(img, ref_img, atol=1e-4)
 
 
-@pytest.mark.parametrize("solver", ["heun", "dpm++2s", "dpm3", "rk4"])
+@pytest.mark.parametrize("solver", ["heun", "dpm++2s", "dpm3", "rk4", "dpm-2", "evodiff", "dpm++2m-hb", "ghvb", "lms"])
 def test_multi_evaluation_solvers_in_pipeline(unet, solver):
     pipe = DDIMPipeline(unet=unet, scheduler=DDPMScheduler(prediction_type="v_prediction"))
     pipe.set_progress_bar_config(disable=True)

@@ -42,7 +42,7 @@ __all__ = ["EVODiff", "variance_optimal_eta"]
 def _per_sample_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``<a, b>`` per sample over every non-batch dimension, in at least float32, shaped ``[B, 1, ...]``."""
     wide = torch.promote_types(a.dtype, torch.float32)
-    out = (a.to(wide) * b.to(wide)).flatten(1).sum(1)
+    out = (a.to(wide) * b.to(wide)).reshape(a.shape[0], -1).sum(1)  # (a [B] state: one value per sample)
     return out.reshape((-1,) + (1,) * (a.dim() - 1))
 
 
