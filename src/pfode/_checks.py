@@ -62,3 +62,21 @@ def check_state(name: str, x) -> torch.Tensor:
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} has non-finite values (NaN or inf)")
     return x
+
+
+def check_spec(name: str, spec, keys: tuple[str, ...], version: int) -> dict:
+    """Check a versioned JSON description of ``name`` (e.g. ``"denoiser"``): a dict with exactly ``keys`` whose
+    ``version`` is ``version`` (``TypeError``/``ValueError`` naming the bad or missing key)."""
+    if not isinstance(spec, dict):
+        article = "an" if name[:1].upper() in "AEIOU" else "a"
+        raise TypeError(f"{article} {name} description must be a dict, got {type(spec).__name__}")
+    listed = ", ".join(keys)
+    for k in spec:
+        if k not in keys:
+            raise ValueError(f"{name} description key {k!r} is unknown; valid keys: {listed}")
+    for k in keys:
+        if k not in spec:
+            raise ValueError(f"the {name} description has no {k!r}; it needs the keys {listed}")
+    if spec["version"] != version:
+        raise ValueError(f"{name} description version={spec['version']!r}; this pfode reads version {version}")
+    return spec

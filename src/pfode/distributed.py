@@ -413,6 +413,7 @@ def sample(
     t_start: float | None = None,
     t_end: float | None = None,
     denoise: bool = True,
+    skip=None,
     cond: dict | None = None,
     return_trajectory: bool = False,
     return_info: bool = False,
@@ -422,7 +423,7 @@ def sample(
     """``n`` samples of ``denoiser`` from per-sample seeded noise, sharded over the process group's ranks.
 
     Args:
-        denoiser, grid, solver, nfe, spacing, t_start, t_end, denoise: as in :func:`pfode.sample` (a
+        denoiser, grid, solver, nfe, spacing, t_start, t_end, denoise, skip: as in :func:`pfode.sample` (a
             :class:`pfode.Recipe` as ``grid`` fixes the times and the solver).
         n: the number of samples; shape: one sample's shape.
         seed: the run's seed. Sample ``i`` starts from ``sigma(t) * noise(range(i, i + 1), shape, seed)`` at the
@@ -449,7 +450,6 @@ def sample(
     shape = _check_shape(shape)
     if "generator" in options:
         raise TypeError("distributed.sample draws all noise from seed=; it takes no generator")
-    skip = options.pop("skip", None)
     sampler = Sampler(
         denoiser, grid, solver, nfe=nfe, spacing=spacing, t_start=t_start, t_end=t_end, denoise=denoise, skip=skip
     )

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import as_f64, check_choice, check_state
+from ._checks import as_f64, check_choice, check_spec, check_state
 from .paths import Path
 from .paths import from_spec as path_from_spec
 
@@ -252,19 +252,7 @@ class Denoiser:
     @classmethod
     def from_spec(cls, net: Callable, spec: dict) -> Denoiser:
         """The denoiser of ``net`` that :meth:`spec` described (``ValueError`` naming a bad or missing key)."""
-        if not isinstance(spec, dict):
-            raise TypeError(f"a denoiser description must be a dict, got {type(spec).__name__}")
-        keys = ", ".join(cls.SPEC_KEYS)
-        for k in spec:
-            if k not in cls.SPEC_KEYS:
-                raise ValueError(f"denoiser description key {k!r} is unknown; valid keys: {keys}")
-        for k in cls.SPEC_KEYS:
-            if k not in spec:
-                raise ValueError(f"the denoiser description has no {k!r}; it needs the keys {keys}")
-        if spec["version"] != cls.SPEC_VERSION:
-            raise ValueError(
-                f"denoiser description version={spec['version']!r}; this pfode reads version {cls.SPEC_VERSION}"
-            )
+        check_spec("denoiser", spec, cls.SPEC_KEYS, cls.SPEC_VERSION)
         return cls(net, path_from_spec(spec["path"]), spec["prediction"], spec["time_input"])
 
     # -- time --------------------------------------------------------------------------------

@@ -235,12 +235,16 @@ class Solver(SolverBase):
         for steps in range(1, nfe + 1):
             if self.evals(steps, zero_end) == nfe:
                 return steps, self
+        raise self.nfe_error(nfe, zero_end, f"{self.evals_per_step} evaluation(s)")
+
+    def nfe_error(self, nfe: int, zero_end: bool, per_step: str) -> ValueError:
+        """The error for a budget ``nfe`` no grid spends exactly, listing the nearby budgets that work."""
         options = sorted({self.evals(k, zero_end) for k in range(1, nfe + 2)})
         near = [v for v in options if abs(v - nfe) <= 2 * self.evals_per_step + 1]
         extra = " plus 1 for the final step to zero noise" if zero_end else ""
-        raise ValueError(
-            f"solver {self.name!r} spends {self.evals_per_step} evaluation(s) per step{extra}, so nfe={nfe} "
-            f"cannot be spent exactly; nearby possible values: {near or options[:3]}"
+        return ValueError(
+            f"solver {self.name!r} spends {per_step} per step{extra}, so nfe={nfe} cannot be spent exactly; "
+            f"nearby possible values: {near or options[:3]}"
         )
 
     # -- stepping (tensor ops only) ---------------------------------------------------------

@@ -371,13 +371,7 @@ class Corrected(Solver):
                 if pred is self.predictor:
                     return steps, self
                 return steps, Corrected(pred, self.corrector, self.steps, self.alpha_scaling)
-        options = sorted({self.evals(k, zero_end) for k in range(1, nfe + 2)})
-        near = [v for v in options if abs(v - nfe) <= 2 * self.evals_per_step + 1]
-        extra = " plus 1 for the final step to zero noise" if zero_end else ""
-        raise ValueError(
-            f"solver {self.name!r} spends the predictor's evaluations plus {self.steps} corrector evaluation(s) per "
-            f"step{extra}, so nfe={nfe} cannot be spent exactly; nearby possible values: {near or options[:3]}"
-        )
+        raise self.nfe_error(nfe, zero_end, f"the predictor's evaluations plus {self.steps} corrector evaluation(s)")
 
     # -- stepping ---------------------------------------------------------------------------------
     def step(self, x, hist, st, noise):

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .._checks import check_choice, check_int
+from .._checks import check_choice, check_int, check_spec
 from ..io import decode_array, encode_array
 from .base import Step, Table, get, register
 from .exponential import DPMSolverPPMultistep, LinearStep, _lin, _lower_order_final, _Multistep
@@ -143,18 +143,7 @@ class EMS:
     @classmethod
     def from_spec(cls, spec: dict) -> EMS:
         """The statistics :meth:`spec` described (``TypeError``/``ValueError`` naming a bad or missing field)."""
-        if not isinstance(spec, dict):
-            raise TypeError(f"an EMS description must be a dict, got {type(spec).__name__}")
-        keys = ", ".join(cls.SPEC_KEYS)
-        for k in spec:
-            if k not in cls.SPEC_KEYS:
-                raise ValueError(f"EMS description key {k!r} is unknown; valid keys: {keys}")
-        for k in cls.SPEC_KEYS:
-            if k not in spec:
-                raise ValueError(f"the EMS description has no {k!r}; it needs the keys {keys}")
-        if spec["version"] != cls.SPEC_VERSION:
-            raise ValueError(f"EMS description version={spec['version']!r}; this pfode reads version "
-                             f"{cls.SPEC_VERSION}")
+        check_spec("EMS", spec, cls.SPEC_KEYS, cls.SPEC_VERSION)
         arrays = {k: decode_array(spec[k], f"EMS field {k!r}") for k in ("lam", "l", "s", "b")}
         return cls(**arrays)
 
