@@ -167,3 +167,33 @@ def test_denoising_mcmc_samples_the_target_and_reports_evaluations():
     sweeps = 30 + 5 + 1
     assert out.info["nfe_chain"] == 2 * sweeps and out.nfe_per_sample == 2 * sweeps / 2 + 8
     assert len(calls) == out.info["network_calls"] == 2 * sweeps + 8 * len(counts)
+
+
+@pytest.mark.parametrize("corrector", ["langevin", "lml"])
+def test_corrector_bias_is_first_order_in_its_step(corrector):
+    """Weak order of the corrector, certified against closed form. On an isotropic Gaussian marginal ``N(m, c I)`` the
+    Langevin move with exact score is the unadjusted Langevin algorithm with step ``e = 2 snr^2 (|z| / |g|)^2``
+    (about ``2 snr^2 c``); its stationary variance is ``c / (1 - e / (2c))``, a relative excess of ``snr^2 + O(snr^4)``:
+    the bias is first order in the step and does not depend on the predictor's grid (so a predictor-corrector sampler
+    at fixed ``snr`` has an ``O(snr^2)`` floor, measured by ``benchmarks/correctors.py``). LML with ``kappa=0`` moves
+    exactly as Langevin; with ``kappa > 0`` its direction is not the score. With a damping about ``||eps_hat||^2``
+    (= d) its excess is still first order (measured 0.128, 0.036, 0.0097 at snr 0.3, 0.15, 0.075, d = 16); nearly
+    undamped (``damping=1``, the default, the paper's regime) it is not (2.2, 1.18, 0.49): then LML is a heuristic
+    move, not a consistent MCMC step."""
+    d, var0, t = 16, 0.5, 0.5
+    path = paths.VP()
+    a, s = float(path.alpha(t)), float(path.sigma(t))
+    c = a * a * var0 + s * s  # the marginal's variance at t
+    target = analytic.Gaussian(torch.zeros(d, dtype=torch.float64), var0 * torch.eye(d, dtype=torch.float64))
+    den = target.denoiser(path)
+    x = c**0.5 * torch.randn(6000, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    excess = {}
+    for snr in (0.3, 0.15):
+        moves = int(6.0 / (2 * snr * snr)) + 10  # contraction (1 - 2 snr^2)^2 per move: stationary to < 1e-5
+        opts = {"snr": snr} if corrector == "langevin" else {"snr": snr, "damping": float(d)}
+        y = correct(den, x, t, corrector, moves, generator=torch.Generator().manual_seed(1), **opts)
+        excess[snr] = float(y.var(0).mean()) / c - 1.0
+    for snr, e in excess.items():
+        close = abs(e - snr * snr) < 0.25 * snr * snr + 0.004  # MC s.e. of the excess ~0.002
+        assert close if corrector == "langevin" else (0.5 * snr * snr < e < 2.0 * snr * snr), excess
+    assert 3.0 < excess[0.3] / excess[0.15] < 5.5, excess
