@@ -197,3 +197,18 @@ def test_corrector_bias_is_first_order_in_its_step(corrector):
         close = abs(e - snr * snr) < 0.25 * snr * snr + 0.004  # MC s.e. of the excess ~0.002
         assert close if corrector == "langevin" else (0.5 * snr * snr < e < 2.0 * snr * snr), excess
     assert 3.0 < excess[0.3] / excess[0.15] < 5.5, excess
+
+
+def test_lml_damping_is_in_units_of_the_summed_square_norm():
+    """As in the authors' schedulers: inner products and ``||u||^2`` sum over every element of a sample (image-shaped
+    states included), so the direction is unchanged by ``(eps, eps_prev, damping) -> (c eps, c eps_prev, c^2 damping)``
+    and equals the damped Newton solve on the flattened sample."""
+    g = torch.Generator().manual_seed(11)
+    eps = torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64)
+    prev = eps + torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64)
+    d = LML(damping=7.0, kappa=0.3).direction(eps, prev)
+    torch.testing.assert_close(LML(damping=7.0 * 25.0, kappa=0.3).direction(5.0 * eps, 5.0 * prev), 5.0 * d)
+    for b in range(3):
+        e, u = eps[b].reshape(-1, 1), (0.3 * prev[b] + 0.7 * eps[b]).reshape(-1, 1)
+        newton = torch.linalg.solve(7.0 * torch.eye(32, dtype=torch.float64) + u @ u.T, e)
+        torch.testing.assert_close(d[b].reshape(-1, 1), newton * e.norm() / newton.norm())

@@ -95,3 +95,18 @@ def test_registered_and_described():
 def test_bad_eta_is_refused(eta):
     with pytest.raises((ValueError, TypeError), match="eta"):
         EVODiff(eta=eta)
+
+
+def test_eta_is_the_released_codes_projection_shifted_by_one_half():
+    """The authors' code computes ``1/2 <g_f + g_b, g_f - g_b> / ||g_f - g_b||^2`` (before its sigmoid smoothing);
+    algebraically that is the unclipped variance-optimal weight minus 1/2 (see the module docs)."""
+    g = torch.Generator().manual_seed(5)
+    g_b = torch.randn(64, 2, 3, generator=g, dtype=torch.float64)
+    g_f = g_b + 0.5 * torch.randn(64, 2, 3, generator=g, dtype=torch.float64)
+    s, d = g_f + g_b, g_f - g_b
+    released = 0.5 * (s * d).flatten(1).sum(1) / (d * d).flatten(1).sum(1)
+    eta = variance_optimal_eta(g_b, g_f).flatten()
+    inside = (released > -0.5) & (released < 0.5)  # where the [0, 1] clip is inactive
+    assert int(inside.sum()) > 10
+    assert torch.allclose(eta[inside] - 0.5, released[inside], rtol=0, atol=1e-12)
+    assert bool((eta[released <= -0.5] == 0).all()) and bool((eta[released >= 0.5] == 1).all())

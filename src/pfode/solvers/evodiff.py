@@ -21,9 +21,32 @@ and replaces the prediction by the variance-optimal update. ``eta`` is a convex 
 estimate stays first-order accurate whatever the data: the method has global order 2 on every path and
 prediction type (certified in ``tests/test_solvers.py``).
 
-What is not here: the paper's additional "balance" rescaling of the differences (``D_i - gamma D_{i-1}`` with a
-data-dependent ``gamma``) and its sigmoid-smoothed parameter schedules; with a ``gamma`` that differs from 1
-by O(h) the step loses its second order, so this implementation keeps the consistent form above.
+Checked against the authors' released sampler (ShiguiLi/EVODiff, ``code_demo/edm_cifar10/samplers/evodiff.py``;
+the paper's method section was not reachable from this project's reference store, so no equation numbers are
+cited here):
+
+* first-order part and probe: identical. Their ``x_euler = (sigma_{i+1}/sigma_i) x_i + sigma_{i+1} h_kappa D_i``
+  with ``h_kappa = e^{lam_{i+1}} - e^{lam_i}`` is ``a D_i`` above (``sigma_{i+1} h_kappa = alpha_{i+1}(1 - e^{-h})``);
+  their probe ``x_euler + (a / (2 r_i)) (D_i - D_{i-1})``, ``r_i = h_{i-1} / h``, is the ``g_b`` prediction above;
+  the network is evaluated at the probe and that value is the next step's ``D`` (one evaluation per step).
+* interpolation parameter: their unclipped ``eta* = 1/2 <B_f + B_b, B_f - B_b> / ||B_f - B_b||^2`` (``B_b, B_f``
+  the backward/forward differences; on a uniform ``lam`` grid ``B = g`` up to a common factor) equals
+  ``argmin ||eta g_b + (1 - eta) g_f||^2 - 1/2``: the same variance-optimal weight, shifted by 1/2
+  (``tests/test_solvers_evodiff.py`` checks the identity). The code then does not use it directly: it takes
+  ``eta = sigmoid(|eta*|) / 2`` and combines ``(1 - eta) B_f - eta B_b`` (weights summing to ``1 - 2 eta``, not 1),
+  divided by a second sigmoid-smoothed factor ``zeta``; inner products are per (sample, channel), and projection
+  coefficients are clamped to ``[-2, 2]``.
+* balance parameter: the code differences ``D_i - gamma D_{i-1}`` with ``gamma`` a time-weighted blend of
+  ``sqrt(sigma ratios)`` and the projection coefficient ``<D_i, D_{i-1}> / ||D_{i-1}||^2``; its last first-order
+  step uses a further hand-set blend. Such a ``gamma`` tends to 1 only as O(h), so ``(1 - gamma) D_{i-1}`` is as
+  large as the difference itself: the derivative estimate is no longer consistent, nor is a weight sum
+  ``(1 - 2 eta) / zeta != 1``, and either costs the step its second order (``tests/test_solvers.py`` certifies
+  order 2 for this implementation).
+
+So this implementation keeps the paper's idea (per-sample closed-form variance-optimal interpolation of the two
+free derivative estimates, data prediction, one evaluation per step) in the consistent convex form above, with
+per-sample (not per-channel) inner products so that any trailing shape works; it does not reproduce the
+sigmoid-smoothed ``eta``/``zeta``/``gamma`` heuristics of the released code.
 """
 
 from __future__ import annotations

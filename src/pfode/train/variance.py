@@ -13,6 +13,11 @@ conditional variance ``tr Var[u | x_t]`` that :class:`pfode.solvers.adaflow.AdaF
 velocity model is held fixed (no gradient flows into it: the paper's separately trained variant; its joint
 variant adds this loss to flow matching with a shared trunk).
 
+Checked against the authors' released policy (hxixixh/AdaFlow, ``adaflow_unet_image_policy.py``): the same loss,
+``|u - v_hat|^2`` summed over every element of a sample, ``/ (2 exp(2 log sigma)) + log sigma`` with one
+``log sigma`` per sample and the error detached when the velocity model is frozen; their sampler's step
+``min(max(eta / sigma, 1 / N), 1 - t)`` is :class:`~pfode.solvers.adaflow.AdaFlow`'s rule with ``min_step = 1 / N``.
+
 Training: :func:`fit_variance` (a small Adam loop that supports conditioning). The :class:`VarianceMatching`
 objective also follows the ``prepare``/``loss`` protocol of :class:`pfode.train.losses.Objective`, but it has no
 denoiser of its own, so :class:`pfode.train.Trainer` (which describes and samples a denoiser) is not supported.
@@ -62,8 +67,12 @@ class VarianceMatching(Objective):
                 raise ValueError(f"path={path!r} differs from the velocity denoiser's path {velocity.path!r}")
             self.velocity = velocity
         elif callable(velocity):
-            self.velocity = Denoiser(velocity, get_path(path if path is not None else "linear"), "velocity",
-                                     time_input if time_input is not None else "t")
+            self.velocity = Denoiser(
+                velocity,
+                get_path(path if path is not None else "linear"),
+                "velocity",
+                time_input if time_input is not None else "t",
+            )
         else:
             raise TypeError(f"velocity must be a pfode.Denoiser or a callable network, got {type(velocity).__name__}")
         self.path = self.velocity.path
