@@ -173,6 +173,8 @@ def trained(seconds_budget: float = 60.0):
         out = {}
         for eta in (0.3, 0.1):
             y, info = AdaFlow(var_fn, eta=eta, max_steps=50).solve(den, x1, 1.0, 0.0, cond)
+            # no variance head: the variance read off the velocity model's Jacobian (Tweedie), from t_max < 1
+            y_tw, info_tw = AdaFlow(None, eta=eta, max_steps=50).solve(den, x1, PATH.t_max, 0.0, cond)
             n_eu = math.ceil(info["mean_nfe"])
             y_eu = _euler(den, x1, n_eu, cond)
             per = []
@@ -188,6 +190,8 @@ def trained(seconds_budget: float = 60.0):
                         "modes": len(MODES[c]),
                         "mean_nfe": float(info["steps"][m].double().mean()),
                         "err_adaflow": _err(y[m], ref[m]),
+                        "mean_nfe_tweedie": float(info_tw["steps"][m].double().mean()),
+                        "err_tweedie": _err(y_tw[m], ref[m]),
                         "err_euler": _err(y_eu[m], ref[m]),
                         "mode_dist_adaflow": _mode_dist(y[m], modes),
                         "mode_dist_euler": _mode_dist(y_eu[m], modes),
@@ -248,12 +252,13 @@ def main():
     toy, settings, conds = trained()
     print(f"\n(b) trained conditional toy ({settings})")
     header = ["eta", "c", "modes", "mean NFE", "err AdaFlow", "err Euler@mean", "mode dist Ada", "mode dist Euler",
-              "var fit t=1", "var exact t=1"]
+              "var fit t=1", "var exact t=1", "NFE Tweedie", "err Tweedie"]
     out_rows = []
     for eta, res in toy.items():
         for p in res["per_condition"]:
             out_rows.append([eta, p["c"], p["modes"], p["mean_nfe"], p["err_adaflow"], p["err_euler"],
-                             p["mode_dist_adaflow"], p["mode_dist_euler"], p["var_fitted_t1"], p["var_exact_t1"]])
+                             p["mode_dist_adaflow"], p["mode_dist_euler"], p["var_fitted_t1"], p["var_exact_t1"],
+                             p["mean_nfe_tweedie"], p["err_tweedie"]])
         print(f"eta={eta}: overall mean NFE {res['mean_nfe']:.3g}, Euler with {res['euler_steps']} steps")
     print(table(out_rows, header))
     seconds = time.perf_counter() - t0

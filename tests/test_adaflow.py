@@ -6,7 +6,7 @@ import torch
 import pfode
 from pfode.analytic import Gaussian, GaussianMixture
 from pfode.paths import VP, Linear
-from pfode.solvers import AdaFlow, exact_velocity_variance
+from pfode.solvers import AdaFlow, exact_velocity_variance, tweedie_velocity_variance
 from pfode.solvers.adaflow import posterior_x0_variance
 from pfode.train.variance import VarianceMatching, fit_variance
 
@@ -168,3 +168,65 @@ def test_bad_arguments_raise():
         fit_variance(obj, torch.nn.Linear(3, 1), torch.zeros(4, 2), steps=0)
     with pytest.raises(ValueError, match="cond"):
         fit_variance(obj, torch.nn.Linear(3, 1), torch.zeros(4, 2), cond={"c": torch.zeros(3)})
+
+
+@pytest.mark.parametrize("path", [Linear(), VP()], ids=["linear", "vp"])
+def test_tweedie_variance_equals_the_exact_one(path):
+    """The model-only variance (Tweedie's second-order identity through the denoiser's Jacobian) equals the closed
+    form on a GMM; Hutchinson's estimate is unbiased (its error falls with probes)."""
+    target = _gmm()
+    den = target.denoiser(path)
+    x = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    for t in (0.2, 0.7):
+        exact = exact_velocity_variance(target, path)(x, t)
+        torch.testing.assert_close(tweedie_velocity_variance(den)(x, t), exact, rtol=1e-10, atol=1e-12)
+        errs = []
+        for probes in (4, 256):
+            est = tweedie_velocity_variance(den, probes, generator=torch.Generator().manual_seed(4))(x, t)
+            errs.append(float((est.mean() - exact.mean()).abs() / exact.mean()))
+        assert errs[1] < 0.05 and errs[1] < errs[0] + 0.01, errs
+
+
+def test_registered_adaflow_reads_the_variance_off_the_model():
+    """``solver="adaflow"`` needs no variance head: on a near-deterministic target it takes one step; on a bimodal one
+    more; Jacobian products are reported apart from nfe; alpha = 0 at the start is refused by name."""
+    assert "adaflow" in pfode.solvers.available()
+    desc = {d["name"]: d for d in pfode.solvers.describe()}["adaflow"]
+    assert "AdaFlow" in desc["paper"] and desc["adaptive"]
+    path = Linear()
+    x = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    point = Gaussian(torch.tensor([1.0, -2.0]), 1e-8 * torch.eye(2))
+    one = pfode.sample(point.denoiser(path), x, solver="adaflow", return_info=True)
+    assert float(one.info["mean_nfe"]) == 1.0 and one.info["jacobian_products"] == 2
+    torch.testing.assert_close(one.x, torch.tensor([1.0, -2.0], dtype=torch.float64).expand(16, 2), atol=1e-3, rtol=0)
+    many = pfode.sample(_bimodal().denoiser(path), x, solver="adaflow", return_info=True)
+    assert float(many.info["mean_nfe"]) > 2.0
+    with pytest.raises(ValueError, match="alpha > 0"):
+        AdaFlow().solve(point.denoiser(Linear(t_max=1.0)), x, 1.0, 0.001)
+
+
+def test_step_rule_is_the_papers_clip():
+    """Per sample ``dt = clip(eta / sigma, dt_min, remaining)`` with ``dt_min = 1 / N`` by default (as the authors'
+    ``max(eta / sigma, 1 / N)`` then ``min(., 1 - t)``): known variances give known step counts and sizes."""
+    path, target = Linear(), _gmm()
+    eta = 0.1
+    # sigma = 0 (one step), eta / sigma = 0.25 (4 steps), 0.3 (3 steps of 0.3, then the rest 0.1), below 1/N = 0.1
+    sig = torch.tensor([0.0, eta / 0.25, eta / 0.3, eta / 0.01], dtype=torch.float64)
+    seen, rows_active = [], [torch.arange(4)]  # the solver evaluates only the samples not yet at t_end
+
+    def var_fn(x, t):
+        return sig[rows_active[0]] ** 2
+
+    def cb(info):
+        seen.append((info["t_prev"] - info["t"]).clone())
+        rows_active[0] = (info["t"] > 0.0).nonzero().squeeze(1)
+
+    ada = AdaFlow(var_fn, eta=eta, max_steps=10)
+    x = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    _, info = ada.solve(target.denoiser(path), x, 1.0, 0.0, callback=cb)
+    assert info["steps"].tolist() == [1, 4, 4, 10]
+    dt = torch.stack(seen)  # [iterations, B]
+    assert torch.allclose(dt[:1, 0], torch.tensor([1.0], dtype=torch.float64))
+    assert torch.allclose(dt[:4, 1], torch.full((4,), 0.25, dtype=torch.float64))
+    assert torch.allclose(dt[:4, 2], torch.tensor([0.3, 0.3, 0.3, 0.1], dtype=torch.float64))
+    assert torch.allclose(dt[:, 3], torch.full((10,), 0.1, dtype=torch.float64))

@@ -405,6 +405,30 @@ def test_stochastic_solver_is_reproducible(unet):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+@pytest.mark.parametrize("solver", ["pc-langevin", "pc-lml"])
+def test_corrector_solvers_in_pipeline(unet, solver):
+    """A predictor-corrector solver drives a pipeline: each corrector move is one more UNet call (the scheduler's
+    order), the result is reproducible from the pipeline's generator, and the moves change it (not vacuous)."""
+    pipe = DDIMPipeline(unet=unet, scheduler=DDPMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    runs = {}
+    for name in (solver, "euler-maruyama"):
+        pipe.scheduler = pfd.PFODEScheduler.from_config(pipe.scheduler.config, solver=name, spacing="uniform")
+        rec = _Recorder(pipe.scheduler)
+        imgs = [
+            pipe(batch_size=2, generator=torch.Generator().manual_seed(seed), num_inference_steps=4,
+                 output_type="pt").images
+            for seed in (3, 3)
+        ]
+        s = pfode.solvers.get(name)
+        assert pipe.scheduler.order == s.evals_per_step
+        assert rec.calls == 2 * len(pipe.scheduler.timesteps) == 2 * s.evals(3, True), (name, rec.calls)  # 2 runs
+        assert torch.equal(imgs[0], imgs[1]) and bool(torch.isfinite(rec.last).all())
+        runs[name] = rec.last
+    assert pfode.solvers.get(solver).evals_per_step == 2
+    assert _rel(runs[solver], runs["euler-maruyama"]) > 1e-3
+
+
 # -- PFODEScheduler state handling -------------------------------------------------------------------
 def test_scheduler_restarts_and_rejects_out_of_order_calls(unet, noise):
     sched = pfd.PFODEScheduler.from_config(DDPMScheduler().config, solver="dpm++3m")

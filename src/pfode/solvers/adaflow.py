@@ -18,8 +18,10 @@ is ``t <- max(t - dt, t_end)`` with the same ``dt``.
 
 ``variance_fn(x, t, **cond) -> [B]`` is the (predicted or exact) total conditional variance of ``dx/dt`` at
 path times ``t`` (``[B]`` float64): a trained variance network
-(:meth:`pfode.train.variance.VarianceMatching.variance_fn`) or the exact one of an analytic target
-(:func:`exact_velocity_variance`).
+(:meth:`pfode.train.variance.VarianceMatching.variance_fn`), the exact one of an analytic target
+(:func:`exact_velocity_variance`), or, with ``variance_fn=None`` (the registered ``"adaflow"``), read off the
+model itself by Tweedie's second-order formula (:func:`tweedie_velocity_variance`): no variance head, at the cost of
+Jacobian-vector products.
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ from .._checks import as_f64, check_finite_float, check_int
 from ..analytic import Gaussian, GaussianMixture
 from ..paths import Path
 from ..predictions import Coeffs
-from .base import AdaptiveSolver
+from .base import AdaptiveSolver, register
 
-__all__ = ["AdaFlow", "exact_velocity_variance", "posterior_x0_variance"]
+__all__ = ["AdaFlow", "exact_velocity_variance", "posterior_x0_variance", "tweedie_velocity_variance"]
 
 
 def _slice_cond(cond: dict | None, idx: torch.Tensor, b: int) -> dict:
@@ -57,7 +59,11 @@ class AdaFlow(AdaptiveSolver):
     ``max_steps``-th step goes to ``t_end`` whatever its size (the NFE cap).
 
     Args:
-        variance_fn: ``variance_fn(x, t, **cond) -> [B]`` total conditional variance of ``dx/dt`` (non-negative).
+        variance_fn: ``variance_fn(x, t, **cond) -> [B]`` total conditional variance of ``dx/dt`` (non-negative);
+            ``None``: the denoiser's own Tweedie variance (:func:`tweedie_velocity_variance`; its Jacobian
+            products are reported in ``info["jacobian_products"]``, not in ``nfe``).
+        probes: with ``variance_fn=None``: 0 for the exact Jacobian trace (one product per element of a sample:
+            small states, e.g. actions), ``k > 0`` for Hutchinson's estimate with ``k`` Rademacher probes.
         eta: the error scale ``eta > 0``: one step where ``var <= eta^2 / (t_start - t_end)^2``.
         min_step: smallest step in path time (``> 0``); default ``(t_start - t_end) / max_steps``, the paper's
             ``1 / N``.
@@ -70,10 +76,14 @@ class AdaFlow(AdaptiveSolver):
     paper = "Hu, Liu, Liu & Liu, AdaFlow: Imitation Learning with Variance-Adaptive Flow-Based Policies, NeurIPS 2024"
     needs_finite_lam = False
 
-    def __init__(self, variance_fn: Callable, eta: float = 0.1, min_step: float | None = None, max_steps: int = 10):
-        if not callable(variance_fn):
-            raise TypeError(f"variance_fn must be callable as variance_fn(x, t, **cond), got {type(variance_fn)}")
+    def __init__(self, variance_fn: Callable | None = None, eta: float = 0.1, min_step: float | None = None,
+                 max_steps: int = 10, probes: int = 0):
+        if variance_fn is not None and not callable(variance_fn):
+            raise TypeError(
+                f"variance_fn must be None or callable as variance_fn(x, t, **cond), got {type(variance_fn)}"
+            )
         self.variance_fn = variance_fn
+        self.probes = check_int("probes", probes, 0)
         self.eta = check_finite_float("eta", eta, 0.0, strict=True)
         self.max_steps = check_int("max_steps", max_steps, 1)
         if min_step is not None:
@@ -116,7 +126,14 @@ class AdaFlow(AdaptiveSolver):
         t = torch.full((b,), t_start, dtype=torch.float64, device=dev)
         steps = torch.zeros(b, dtype=torch.int64, device=dev)
         view = (-1,) + (1,) * (x.dim() - 1)
-        i = 0
+        i = products = 0
+        own = self.variance_fn is None
+        if own and float(path.alpha(torch.tensor(t_start, dtype=torch.float64))) <= 0.0:
+            raise ValueError(
+                f"adaflow without a variance_fn reads the variance off the denoiser (Tweedie), which needs "
+                f"alpha > 0; alpha(t_start={t_start:g}) = 0 on {path!r}: give a variance_fn or a lower t_start"
+            )
+        gen = torch.Generator(device=dev).manual_seed(0) if own and self.probes else None
         while True:
             active = t > t_end
             if not bool(active.any()):
@@ -127,7 +144,11 @@ class AdaFlow(AdaptiveSolver):
             c = Coeffs.at(path, ta, like=xa)
             x0, eps = den.pair_at(xa, ta, ca, coeffs=c)
             vel = c.d_alpha * x0 + c.d_sigma * eps
-            var = self.variance_fn(xa, ta, **ca)
+            if own:
+                var, k = _tweedie(den, xa, ta, ca, self.probes, gen)
+                products += k
+            else:
+                var = self.variance_fn(xa, ta, **ca)
             remaining = ta - t_end
             h = self.step_sizes(var, remaining, min_step)
             last = steps[idx] + 1 >= self.max_steps  # the NFE cap: this step ends the sample's integration
@@ -146,6 +167,8 @@ class AdaFlow(AdaptiveSolver):
             i += 1
         info = {"nfe": i, "attempts": i, "steps": steps, "nfe_per_sample": steps,
                 "mean_nfe": float(steps.double().mean())}
+        if own:
+            info["jacobian_products"] = products
         return x, info
 
 
@@ -176,6 +199,59 @@ def posterior_x0_variance(target, x: torch.Tensor, t, path: Path) -> torch.Tenso
     raise TypeError(f"target must be a pfode.analytic Gaussian or GaussianMixture, got {type(target).__name__}")
 
 
+def _velocity_factor(a, s, da, ds):
+    """``(alpha' - sigma' alpha / sigma)^2``: ``Var[dx/dt | x_t] = factor * Var[x0 | x_t]`` (0 where sigma = 0)."""
+    zero = s == 0
+    s_safe = torch.where(zero, torch.ones_like(s), s)
+    return torch.where(zero, torch.zeros_like(s), (da - ds * a / s_safe) ** 2)
+
+
+def _tweedie(den, x, t, cond, probes, generator):
+    """``(tr Var[dx/dt | x_t] [B] float64, Jacobian products spent)`` from ``den`` (see
+    :func:`tweedie_velocity_variance`)."""
+    path = den.path
+    c = Coeffs.at(path, t, like=x)
+    b = x.shape[0]
+    flat = int(x[0].numel()) if x.dim() > 1 else 1
+    with torch.enable_grad():
+        y = x.detach().requires_grad_(True)
+        x0 = den.pair_at(y, t, cond, coeffs=c)[0]
+        if probes == 0:
+            basis = torch.eye(flat, dtype=x.dtype, device=x.device)
+            vs = [basis[j].reshape(x.shape[1:]).expand_as(x) for j in range(flat)]
+        else:
+            vs = [(torch.randint(0, 2, x.shape, generator=generator, device=x.device) * 2 - 1).to(x.dtype)
+                  for _ in range(probes)]
+        tr = torch.zeros(b, dtype=torch.float64, device=x.device)
+        for j, v in enumerate(vs):
+            (g,) = torch.autograd.grad(x0, y, v, retain_graph=j + 1 < len(vs))
+            tr = tr + (g * v).reshape(b, -1).sum(1).double()
+    if probes:
+        tr = tr / probes
+    a, s, da, ds = (as_f64(f(t)).to(x.device).reshape(b) for f in (path.alpha, path.sigma, path.d_alpha, path.d_sigma))
+    var_x0 = (s * s / a) * tr  # Tweedie: d x0_hat / d x_t = alpha Cov[x0 | x_t] / sigma^2
+    return (_velocity_factor(a, s, da, ds) * var_x0).clamp_min(0.0).detach(), len(vs)
+
+
+def tweedie_velocity_variance(den, probes: int = 0, generator: torch.Generator | None = None) -> Callable:
+    """``variance_fn(x, t, **cond) -> [B]``: ``tr Var[dx/dt | x_t]`` read off a denoiser, no variance head.
+
+    Tweedie's second-order identity on an affine Gaussian path: ``d x0_hat / d x_t = (alpha / sigma^2)
+    Cov[x0 | x_t]``, so ``tr Var[x0 | x_t] = (sigma^2 / alpha) tr(d x0_hat / d x_t)`` and the velocity's variance
+    is ``(alpha' - sigma' alpha / sigma)^2`` times that (see :func:`exact_velocity_variance`). Exact for the exact
+    denoiser; for a network, as good as its Jacobian. The trace is exact (``probes=0``: one vector-Jacobian
+    product per element of a sample) or Hutchinson's with ``probes`` Rademacher vectors. Needs ``alpha > 0``.
+    """
+    check_int("probes", probes, 0)
+
+    def variance_fn(x: torch.Tensor, t, **cond) -> torch.Tensor:
+        tt = as_f64(t).to(x.device)
+        tt = tt.expand(x.shape[0]) if tt.dim() == 0 else tt
+        return _tweedie(den, x, tt, cond, probes, generator)[0]
+
+    return variance_fn
+
+
 def exact_velocity_variance(target, path: Path) -> Callable:
     """The exact ``variance_fn(x, t) -> [B]`` of an analytic target: ``tr Var[dx/dt | x_t]`` on ``path``.
 
@@ -193,10 +269,9 @@ def exact_velocity_variance(target, path: Path) -> Callable:
         tt = as_f64(t).to(x.device)
         tt = tt.expand(x.shape[0]) if tt.dim() == 0 else tt
         a, s, da, ds = (path.alpha(tt), path.sigma(tt), path.d_alpha(tt), path.d_sigma(tt))
-        zero = s == 0
-        s_safe = torch.where(zero, torch.ones_like(s), s)
-        k = (da - ds * a / s_safe) ** 2
-        v = posterior_x0_variance(target, x, tt, path)
-        return torch.where(zero, torch.zeros_like(v), k * v)
+        return _velocity_factor(a, s, da, ds) * posterior_x0_variance(target, x, tt, path)
 
     return variance_fn
+
+
+register("adaflow", AdaFlow)
