@@ -34,6 +34,14 @@ def _coef(path: Path, t, b: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     return path.alpha(t)[:, None], path.sigma(t)[:, None]
 
 
+def posterior(target, operator, y):
+    """The exact posterior of a Gaussian or Gaussian-mixture ``target`` under ``y = A x + noise`` for a linear
+    :mod:`pfode.inverse` operator: a :class:`pfode.inverse.PosteriorMixture` (see :func:`pfode.inverse.posterior`)."""
+    from .inverse.posterior import posterior as _posterior
+
+    return _posterior(target, operator, y)
+
+
 class _Target:
     d: int
 
