@@ -55,6 +55,10 @@ def _objective_keys(name: str) -> set:
         return _params(DenoisingScoreMatching)
     if name == "flow-matching":
         return _params(FlowMatching) | {"gamma", "sigma_data", "sigmoid_bias"}
+    if name == "interpolant":
+        from ..interpolants import InterpolantObjective
+
+        return _params(InterpolantObjective)
     return _params(Consistency, drop=("mode",) if name == "consistency-distillation" else ("mode", "teacher"))
 
 

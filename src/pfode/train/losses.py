@@ -81,7 +81,13 @@ __all__ = [
 WEIGHTINGS = ("native", "uniform", "snr", "min-snr", "edm", "sigmoid")
 TIME_SAMPLERS = ("uniform", "logit-normal", "edm-lognormal", "u-shaped")
 METRICS = ("l2", "pseudo-huber")
-OBJECTIVES = ("dsm", "flow-matching", "consistency-training", "consistency-distillation")
+OBJECTIVES = (
+    "dsm",
+    "flow-matching",
+    "consistency-training",
+    "consistency-distillation",
+    "interpolant",
+)
 
 
 # --- weightings ---------------------------------------------------------------------------------
@@ -648,7 +654,14 @@ _OBJECTIVES = {
     "flow-matching": FlowMatching,
     "consistency-training": lambda **o: Consistency(mode="training", **o),
     "consistency-distillation": lambda **o: Consistency(mode="distillation", **o),
+    "interpolant": lambda **o: _interpolant_objective(**o),
 }
+
+
+def _interpolant_objective(**options) -> Objective:
+    from ..interpolants import InterpolantObjective  # imports this module
+
+    return InterpolantObjective(**options)
 
 
 def get_objective(name: str | Objective, **options) -> Objective:
