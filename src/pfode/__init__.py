@@ -57,7 +57,7 @@ _NAMES = {
 _MODULES = (
     "adjoint", "analytic", "guidance", "likelihood", "metrics", "paths", "solvers", "tuning",
     "models", "train", "data", "nets", "integrations", "plots", "checkpoint", "engine", "grids", "predictions", "io",
-    "physics", "inverse", "interpolants",
+    "physics", "inverse", "interpolants", "mean_reverting",
 )  # fmt: skip
 #: submodules named like the function they define: ``pfode.sample`` and ``pfode.invert`` are the functions
 _SHADOWED = frozenset(n for n, m in _NAMES.items() if n == m)

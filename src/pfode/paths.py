@@ -677,3 +677,8 @@ def from_spec(spec: dict) -> Path:
                 f"path description key {key!r} is unknown for {name!r}; valid keys: name, {', '.join(allowed)}"
             )
     return make(**opts)
+
+
+# the mean-reverting path (IR-SDE) lives in its own module and registers itself on import; it imports only this
+# module, which is complete here
+from . import mean_reverting as _mean_reverting  # noqa: E402, F401

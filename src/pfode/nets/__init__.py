@@ -17,6 +17,15 @@ __all__ = ["SinusoidalEmbedding", "MLP", "UNet", "build", "NETS"]
 NETS = {"mlp": MLP, "unet": UNet}
 
 
+def _register_mean_reverting():
+    from ..mean_reverting import MuConcat  # (x_t, mu) concatenated for a wrapped network
+
+    NETS[MuConcat.name] = MuConcat
+
+
+_register_mean_reverting()
+
+
 def build(name: str, **options):
     """Build a reference network by name (``"mlp"`` or ``"unet"``) with keyword options."""
     if not isinstance(name, str) or name not in NETS:

@@ -55,6 +55,10 @@ def _objective_keys(name: str) -> set:
         return _params(DenoisingScoreMatching)
     if name == "flow-matching":
         return _params(FlowMatching) | {"gamma", "sigma_data", "sigmoid_bias"}
+    if name == "mean-reverting":
+        from .mean_reverting import MeanRevertingObjective
+
+        return _params(MeanRevertingObjective)
     if name == "interpolant":
         from ..interpolants import InterpolantObjective
 

@@ -86,6 +86,7 @@ OBJECTIVES = (
     "flow-matching",
     "consistency-training",
     "consistency-distillation",
+    "mean-reverting",
     "interpolant",
 )
 
@@ -654,6 +655,7 @@ _OBJECTIVES = {
     "flow-matching": FlowMatching,
     "consistency-training": lambda **o: Consistency(mode="training", **o),
     "consistency-distillation": lambda **o: Consistency(mode="distillation", **o),
+    "mean-reverting": lambda **o: _mean_reverting_objective(**o),
     "interpolant": lambda **o: _interpolant_objective(**o),
 }
 
@@ -662,6 +664,12 @@ def _interpolant_objective(**options) -> Objective:
     from ..interpolants import InterpolantObjective  # imports this module
 
     return InterpolantObjective(**options)
+
+
+def _mean_reverting_objective(**options) -> Objective:
+    from .mean_reverting import MeanRevertingObjective  # imports this module
+
+    return MeanRevertingObjective(**options)
 
 
 def get_objective(name: str | Objective, **options) -> Objective:
