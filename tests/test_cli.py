@@ -471,3 +471,33 @@ def test_sample_skip_sada(tmp_path, capsys):
     assert 1 < used < 30
     assert main([*argv, "--solver", "heun", "--nfe", "31", "--skip", "sada", "--out", str(tmp_path / "b.npz")]) == 1
     assert "skip='sada' needs a solver" in capsys.readouterr().err
+
+
+BRIDGE = """\
+data: {name: toy2d, kind: checkerboard, n: 256, seed: 0}
+model: {name: mlp, width: 16, depth: 1, time_dim: 8}
+objective: {name: interpolant, interpolant: linear, gamma: {name: sqrt}, field: both,
+            source: {name: toy2d, kind: moons, n: 256, seed: 1}}
+train: {iterations: 4, batch_size: 32, lr: 0.001, log_every: 2, ckpt_every: 4, sample_every: 0, device: cpu,
+        tensorboard: false}
+"""
+
+
+def test_train_and_transport_data_to_data(tmp_path, monkeypatch, capsys):
+    """`pfode train` a moons -> checkerboard interpolant, then `pfode sample --from toy2d:moons` transports with the
+    ODE and the SDE; bad combinations get one line."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bridge.yaml").write_text(BRIDGE)
+    assert main(["train", "bridge.yaml", "--out", "run", "--quiet"]) == 0
+    assert main(["sample", "--model", "run", "--from", "toy2d:moons", "--n", "50", "--out", "a.npz", "--quiet"]) == 0
+    z = np.load(tmp_path / "a.npz")
+    assert z["samples"].shape == (50, 2) == z["source"].shape and np.isfinite(z["samples"]).all()
+    assert not np.allclose(z["samples"], z["source"])
+    args = ["sample", "--model", "run", "--from", "toy2d:moons", "--n", "50", "--eps", "0.5", "--solver", "euler"]
+    assert main([*args, "--nfe", "4", "--out", "b.png", "--quiet"]) == 0 and (tmp_path / "b.png").exists()
+    capsys.readouterr()
+    fails_in(capsys, 2, ["sample", "--model", "builtin:moons", "--from", "toy2d:moons"], "interpolant model")
+    fails_in(capsys, 2, ["sample", "--model", "run", "--from", "toy2d:moons", "--solver", "dpm++2m"], "euler")
+    fails_in(capsys, 2, ["sample", "--model", "run", "--from", "x.txt", "--out", "c.png"], "toy2d:KIND")
+    fails_in(capsys, 2, ["sample", "--eps", "1", "--out", "d.png"], "--eps")
+    fails_in(capsys, 1, ["sample", "--model", "run", "--out", "e.png"], "interpolant", "--from DATA")

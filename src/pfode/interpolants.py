@@ -733,11 +733,10 @@ class InterpolantObjective(_objective_base()):
             per = per + (eta_hat.float() - z.float()).reshape(x_d.shape[0], -1).pow(2).mean(1)
         return per.mean(), per
 
-    def denoiser_spec(self) -> dict:
-        raise ValueError(
-            "an interpolant model is not a pfode.Denoiser; load it with pfode.interpolants.load_model "
-            "(the checkpoint's objective and model_config describe it)"
-        )
+    def denoiser_spec(self) -> None:
+        """``None``: an interpolant model is not a :class:`pfode.Denoiser`; its checkpoints are described by the
+        objective and ``model_config`` (:func:`load_model`, ``pfode sample --from DATA``)."""
+        return None
 
     def sample(self, model, z, *, nfe: int = 20, solver: str = "heun", generator=None, eps=0.0, **options):
         """Samples from source draws: ``z`` itself for a Gaussian source, else ``len(z)`` fresh source draws."""

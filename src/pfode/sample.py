@@ -358,6 +358,7 @@ def sample(
     gradient: str = "backprop",
     params=None,
     skip=None,
+    eps=None,
 ):
     """Integrate the probability-flow ODE of ``denoiser`` from ``x_T`` along ``grid``.
 
@@ -394,7 +395,31 @@ def sample(
 
     The prepared :class:`Sampler` (grid, plan, time tensors) is kept in a small cache weakly keyed by the
     denoiser and keyed by every argument that shapes it, so repeated calls skip the set-up.
+
+    A stochastic-interpolant model (:class:`pfode.interpolants.InterpolantModel`, or an exact
+    :class:`pfode.analytic.GMMBridge`) carries source samples ``x_T`` to data by :func:`pfode.interpolants.transport`:
+    ``solver`` ``"euler"``, ``"heun"`` (default) or ``"rk4"``, ``nfe`` (default 16) on a uniform grid in ``t``, and
+    ``eps`` (default 0, the ODE) the diffusion of its SDE family, chosen at sampling time.
     """
+    from .analytic import GMMBridge
+    from .interpolants import InterpolantModel, transport
+
+    if isinstance(denoiser, (InterpolantModel, GMMBridge)):
+        extra = {"grid": grid, "callback": callback, "cond": cond, "skip": skip, "params": params}
+        bad = [k for k, v in extra.items() if v is not None] + (["return_info"] if return_info else [])
+        if bad or gradient != "backprop":
+            raise ValueError(
+                f"an interpolant model is transported on a uniform grid in t; {', '.join(bad) or 'gradient'} "
+                "is not supported for it (see pfode.interpolants.transport)"
+            )
+        out = transport(
+            denoiser, x_T, nfe=16 if nfe is None else nfe, solver=solver or "heun", eps=0.0 if eps is None else eps,
+            t_start=1.0 if t_start is None else t_start, t_end=0.0 if t_end is None else t_end, generator=generator,
+            return_trajectory=return_trajectory,
+        )
+        return out
+    if eps is not None:
+        raise ValueError("eps is the diffusion of a stochastic-interpolant model's SDE; this denoiser has none")
     check_choice("gradient", gradient, adjoint.GRADIENTS)
     sampler = _prepared(denoiser, grid, solver, nfe, spacing, t_start, t_end, denoise, skip)
     return sampler(

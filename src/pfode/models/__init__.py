@@ -103,6 +103,11 @@ def _which(meta: dict) -> str:
 
 def _denoiser_spec(ck: Checkpoint) -> dict:
     spec = ck.meta.get("denoiser")
+    if spec is None and (ck.meta.get("model_config") or {}).get("name") == "interpolant":
+        raise CheckpointError(
+            f"{ck.json_path} holds a data-to-data interpolant model, not a denoiser: load it with "
+            "pfode.interpolants.load_model, or transport data with pfode sample --from DATA"
+        )
     if spec is None:
         raise CheckpointError(
             f"{ck.json_path} has no 'denoiser' description (the path, prediction type and time input of the "
