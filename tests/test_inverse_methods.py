@@ -146,3 +146,25 @@ def test_bad_input_is_rejected_with_a_clear_error():
     # the gradient-free methods run on the same network
     for method in ("ddrm", "reddiff"):
         assert bool(torch.isfinite(solve(detached, y, op, method=method, nfe=3).x).all())
+
+
+def test_pigdm_snr_weighting_damps_high_noise_guidance():
+    """``weighting="snr"`` multiplies the Bayes weight by ``alpha^2 / (alpha^2 + sigma^2)``: still finite and still
+    fitting the measurement on the exact denoiser; an unknown weighting is named."""
+    path = VP()
+    target = analytic.GaussianMixture.random(8, 3, generator=torch.Generator().manual_seed(0))
+    op = Inpaint.random(8, 0.5, noise=0.05, generator=torch.Generator().manual_seed(1))
+    x = target.sample(16, generator=torch.Generator().manual_seed(2))
+    y = op.measure(x, generator=torch.Generator().manual_seed(3))
+    out = {
+        w: solve(target.denoiser(path), y, op, "pigdm", nfe=20, weighting=w,
+                         generator=torch.Generator().manual_seed(4)).x
+        for w in ("bayes", "snr")
+    }
+    for w, xr in out.items():
+        assert bool(torch.isfinite(xr).all()) and float((op(xr) - y).norm(dim=1).mean()) < 0.5 * float(
+            (op(target.sample(16, generator=torch.Generator().manual_seed(5))) - y).norm(dim=1).mean()
+        ), w
+    assert not torch.allclose(out["bayes"], out["snr"])
+    with pytest.raises(ValueError, match="weighting"):
+        solve(target.denoiser(path), y, op, "pigdm", nfe=4, weighting="paper")

@@ -27,12 +27,12 @@ import os
 import sys
 import traceback
 
-from . import bench, info, invert, nll, reflow, sample, train, tune
+from . import bench, edit, info, invert, nll, reflow, sample, train, tune
 from .common import PROG, CLIError, Parser, UsageError, common_options, describe, one_line
 
 __all__ = ["main", "build_parser", "CLIError", "UsageError"]
 
-COMMANDS = (sample, tune, train, reflow, nll, invert, bench, info)
+COMMANDS = (sample, tune, train, reflow, nll, invert, edit, bench, info)
 
 
 class _Commands(argparse._SubParsersAction):
