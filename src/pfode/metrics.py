@@ -13,7 +13,23 @@ import torch
 
 from ._checks import as_f64, check_int
 
-__all__ = ["w2_gaussian", "sliced_w2", "w2_samples", "mmd_rbf", "straightness", "sqrtm_psd"]
+__all__ = [
+    "w2_gaussian",
+    "sliced_w2",
+    "w2_samples",
+    "mmd_rbf",
+    "straightness",
+    "sqrtm_psd",
+    "kinetic_energy",
+]
+
+
+def kinetic_energy(model_or_target, path=None, **options):
+    """Kinetic energy ``int E|u_t(x_t)|^2 dt`` of a path, time mapped to [0, 1] (Shaul et al., 2023): see
+    :func:`pfode.kinetic.kinetic_energy` (closed form for a Gaussian, Monte Carlo for a mixture or a network)."""
+    from .kinetic import kinetic_energy as _kinetic_energy  # kinetic imports analytic, which is heavier
+
+    return _kinetic_energy(model_or_target, path, **options)
 
 
 def sqrtm_psd(a: torch.Tensor) -> torch.Tensor:

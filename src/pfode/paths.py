@@ -635,8 +635,20 @@ class Affine(Path, register=False):
 _PATHS.update({"vp-discrete": VPDiscrete.ddpm, "ddpm": VPDiscrete.ddpm, "rectified-flow": Linear})
 
 
+# paths defined in modules that import this one register when those load; load them on first lookup
+_EXTENSIONS = ("kinetic", "pfgmpp")
+
+
+def _load_extensions() -> None:
+    import importlib
+
+    for mod in _EXTENSIONS:
+        importlib.import_module(f"{__package__}.{mod}")
+
+
 def available() -> list[str]:
     """Names accepted by :func:`get_path`."""
+    _load_extensions()
     return sorted(_PATHS)
 
 
@@ -649,6 +661,7 @@ def get_path(name: str | dict | Path, **options) -> Path:
         return from_spec({**name, **options})
     if not isinstance(name, str):
         raise TypeError(f"path must be a pfode Path, a name or a description dict, got {type(name).__name__}")
+    _load_extensions()
     if name not in _PATHS:
         raise ValueError(f"path={name!r} is unknown; valid names: {', '.join(available())}")
     return _PATHS[name](**options)
@@ -666,6 +679,7 @@ def from_spec(spec: dict) -> Path:
         raise ValueError(f"the path description {spec!r} has no 'name'; valid names: {', '.join(available())}")
     opts = dict(spec)
     name = opts.pop("name")
+    _load_extensions()
     table = name == "vp-discrete" and ("alphas_cumprod" in opts or "betas" in opts)
     make = VPDiscrete if table else _PATHS.get(name) if isinstance(name, str) else None
     if make is None:

@@ -341,6 +341,9 @@ class DenoisingScoreMatching(Objective):
         x0, eps = _split(batch)
         x0, eps = self.coupling(x0, eps, generator)
         t = self.time_sampler(x0.shape[0], generator)
+        own_noise = getattr(self.path, "noise_from_gaussian", None)  # a path with its own kernel (PFGM++)
+        if own_noise is not None:
+            eps = own_noise(eps, generator)  # still x_t = alpha x0 + sigma eps: every target stays consistent
         return {"x0": x0, "eps": eps, "t": t}
 
     def coeffs(self, t: torch.Tensor, like: torch.Tensor) -> Coeffs:
@@ -376,6 +379,8 @@ class DenoisingScoreMatching(Objective):
 
         den = self.denoiser(model)
         t_start = float(grid[0]) if grid is not None else options.get("t_start") or self.path.t_max
+        if hasattr(self.path, "noise_from_gaussian"):  # PFGM++: the prior is the path's own kernel
+            z = self.path.noise_from_gaussian(z, options.get("generator"))
         x_T = float(self.path.sigma(t_start)) * z
         if grid is not None:
             return pf_sample(den, x_T, grid, solver, **options)
