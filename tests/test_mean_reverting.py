@@ -349,10 +349,12 @@ def test_tiny_training_run_and_checkpoint(tmp_path):
     mu = x0 + 0.3 * torch.randn(x0.shape, generator=g)
     obj = pfode.train.get_objective("mean-reverting", path={"name": "mean-reverting", "stationary_std": 0.4})
     net = pfode.nets.MLP(data_shape=(2 * D,), width=32, depth=1)
-    cfg = {"iterations": 3, "batch_size": 64, "log_every": 0, "tensorboard": False, "quiet": True, "device": "cpu"}
+    cfg = {"iterations": 3, "batch_size": 64, "log_every": 0, "tensorboard": False, "quiet": True, "device": "cpu",
+           "sample_every": 3, "sample_n": 16, "sample_nfe": 2}
     tr = pfode.train.Trainer(net, obj, (x0, mu), cfg, tmp_path)
     hist = tr.fit()
     assert len(hist) == 3 and all(math.isfinite(h["loss"]) for h in hist)
+    assert list((tmp_path / "samples").glob("*.png"))  # the sample plot restores the latest batch's mu
     model = pfode.models.load(tmp_path)
     assert isinstance(model.net, mr.MuConcat) and model.denoiser.path.spec() == obj.path.spec()
     out = mr.sample(model.denoiser, mu[:5], nfe=4, generator=torch.Generator().manual_seed(0))

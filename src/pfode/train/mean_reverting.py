@@ -151,6 +151,7 @@ class MeanRevertingObjective(DenoisingScoreMatching):
         x0, mu = self.coupling(x0, mu, generator)
         eps = _noise_like(x0, generator)
         t = self.time_sampler(x0.shape[0], generator)
+        self._recent_mu = mu[:64].detach()  # what the Trainer's sample plots restore (they pass no mu)
         return {"x0": x0, "mu": mu, "eps": eps, "t": t}
 
     def wrap(self, net: nn.Module) -> nn.Module:
@@ -168,10 +169,15 @@ class MeanRevertingObjective(DenoisingScoreMatching):
         return per.mean(), per
 
     def sample(self, model, z, *, mu=None, nfe: int = 20, solver="dpm++2m", grid=None, **options):
-        """Restorations of ``mu`` (``[B, ...]``, required) with :func:`pfode.mean_reverting.sample`; ``x_T = mu +
-        sigma(T) z``."""
+        """Restorations of ``mu`` (``[B, ...]``) with :func:`pfode.mean_reverting.sample`; ``x_T = mu +
+        sigma(T) z``. Without ``mu`` (the Trainer's sample plots) the degraded inputs of the most recent training
+        batch are restored, repeated to ``z``'s batch; before any batch, ``mu`` is required."""
         from ..mean_reverting import sample as mr_sample
 
+        recent = getattr(self, "_recent_mu", None)
+        if mu is None and recent is not None:
+            reps = -(-z.shape[0] // recent.shape[0])
+            mu = recent.repeat((reps,) + (1,) * (recent.dim() - 1))[: z.shape[0]].to(z.device, z.dtype)
         mu = check_mu(mu, z)
         t_start = float(grid[0]) if grid is not None else options.pop("t_start", None) or self.path.t_max
         x_T = mu + float(self.path.sigma(t_start)) * z
