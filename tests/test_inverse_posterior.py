@@ -96,3 +96,15 @@ def test_bad_input_is_named():
         posterior(analytic.Gaussian(torch.zeros(3), torch.eye(3)), Downsample(16, 4), torch.zeros(4))
     with pytest.raises(ValueError, match="keep"):
         Inpaint.random(8, 1.5)
+    # through solve(): a NaN measurement, a measurement of the wrong size, an operator of another shape
+    from pfode.inverse import solve
+    from pfode.paths import VP
+
+    den = analytic.Gaussian(torch.zeros(16), torch.eye(16)).denoiser(VP())
+    op = Downsample(16, 4, noise=0.1)
+    with pytest.raises(ValueError, match="NaN"):
+        solve(den, torch.full((2, 4), float("nan")), op, "ddrm", nfe=2)
+    with pytest.raises(ValueError, match="m=4"):
+        solve(den, torch.zeros(2, 5), op, "ddrm", nfe=2)
+    with pytest.raises(ValueError, match="x_T must have shape"):
+        solve(den, torch.zeros(2, 4), op, "ddrm", nfe=2, x_T=torch.zeros(2, 8))

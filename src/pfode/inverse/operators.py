@@ -95,6 +95,11 @@ class Operator:
             y = y[None].expand(batch or 1, -1)
         if y.dim() != 2 or y.shape[1] != self.m:
             raise ValueError(f"y must have shape [B, m] or [m] with m={self.m} for {self!r}, got {tuple(y.shape)}")
+        if not bool(torch.isfinite(y).all()):
+            raise ValueError(
+                "y contains NaN or inf: measurements must be finite (mark missing entries in the operator, e.g. "
+                "an Inpaint mask, not with NaN)"
+            )
         if batch is not None and y.shape[0] != batch:
             if y.shape[0] != 1:
                 raise ValueError(f"y has {y.shape[0]} measurements for a batch of {batch}: give 1 or {batch}")
