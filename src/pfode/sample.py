@@ -396,6 +396,10 @@ def sample(
     The prepared :class:`Sampler` (grid, plan, time tensors) is kept in a small cache weakly keyed by the
     denoiser and keyed by every argument that shapes it, so repeated calls skip the set-up.
 
+    A consistency trajectory model (:class:`pfode.nets.ctm.CTMModel`, or a Denoiser wrapping one, as
+    :func:`pfode.models.load` returns) is not integrated: it jumps, once per step, along ``grid`` (or ``nfe``
+    Karras-spaced jumps) by :func:`pfode.nets.ctm.ctm_sample` with ``gamma = 0`` (call that for gamma-sampling).
+
     A stochastic-interpolant model (:class:`pfode.interpolants.InterpolantModel`, or an exact
     :class:`pfode.analytic.GMMBridge`) carries source samples ``x_T`` to data by :func:`pfode.interpolants.transport`:
     ``solver`` ``"euler"``, ``"heun"`` (default) or ``"rk4"``, ``nfe`` (default 16) on a uniform grid in ``t``, and
@@ -420,6 +424,17 @@ def sample(
         return out
     if eps is not None:
         raise ValueError("eps is the diffusion of a stochastic-interpolant model's SDE; this denoiser has none")
+    from .nets.ctm import CTMModel, ctm_sample
+
+    ctm = denoiser if isinstance(denoiser, CTMModel) else getattr(denoiser, "net", None)
+    if isinstance(ctm, CTMModel):
+        extra = {"solver": solver, "callback": callback, "cond": cond, "skip": skip, "params": params}
+        bad = [k for k, v in extra.items() if v is not None] + [
+            k for k, v in (("return_trajectory", return_trajectory), ("return_info", return_info)) if v
+        ]
+        if bad or gradient != "backprop":
+            raise ValueError(f"a CTM model samples by jumps; {', '.join(bad) or 'gradient'} is not supported for it")
+        return ctm_sample(ctm, x_T, grid, nfe=nfe if grid is None else None, generator=generator)
     check_choice("gradient", gradient, adjoint.GRADIENTS)
     sampler = _prepared(denoiser, grid, solver, nfe, spacing, t_start, t_end, denoise, skip)
     return sampler(

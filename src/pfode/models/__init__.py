@@ -94,6 +94,11 @@ def build_net(config: dict) -> torch.nn.Module:
 
         inner, path = build_net(opts.pop("net")), get_path(opts.pop("path"))
         return ConsistencyModel(inner, path, **opts)
+    if name == "ctm":
+        from ..nets.ctm import CTMModel
+
+        inner, path = build_net(opts.pop("net")), get_path(opts.pop("path"))
+        return CTMModel(inner, path, **opts)
     return nets.build(name, **opts)
 
 

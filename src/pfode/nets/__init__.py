@@ -26,6 +26,15 @@ def _register_mean_reverting():
 _register_mean_reverting()
 
 
+def _register_ctm():
+    from .ctm import TwoTimeMLP  # (x, t, s): the network of a consistency trajectory model
+
+    NETS[TwoTimeMLP.name] = TwoTimeMLP
+
+
+_register_ctm()
+
+
 def build(name: str, **options):
     """Build a reference network by name (``"mlp"`` or ``"unet"``) with keyword options."""
     if not isinstance(name, str) or name not in NETS:

@@ -11,6 +11,7 @@ checkpoints and DDP.
 """
 
 from ..checkpoint import CheckpointError, load_weights, read_checkpoint
+from .consistency_fm import ConsistencyFM
 from .couplings import (
     Independent,
     MinibatchOT,
@@ -20,6 +21,7 @@ from .couplings import (
     get_coupling,
     ot_permutation,
 )
+from .ctm import CTM
 from .losses import (
     METRICS,
     OBJECTIVES,
@@ -38,6 +40,8 @@ from .losses import (
 from .trainer import NonFiniteLossError, TrainConfig, Trainer
 
 __all__ = [
+    "ConsistencyFM",
+    "CTM",
     "Trainer",
     "TrainConfig",
     "NonFiniteLossError",

@@ -63,6 +63,11 @@ def _objective_keys(name: str) -> set:
         from ..interpolants import InterpolantObjective
 
         return _params(InterpolantObjective)
+    if name in ("consistency-fm", "ctm"):
+        from .consistency_fm import ConsistencyFM
+        from .ctm import CTM
+
+        return _params(ConsistencyFM if name == "consistency-fm" else CTM)
     return _params(Consistency, drop=("mode",) if name == "consistency-distillation" else ("mode", "teacher"))
 
 
@@ -128,8 +133,14 @@ def check_config(cfg: dict) -> dict:
     obj = dict(cfg["objective"] or {})
     name = _choice("objective.name", obj.pop("name", None), OBJECTIVES)
     _known_keys("objective", obj, _objective_keys(name), f"objective {name!r}")
-    if name == "consistency-distillation":
+    if name in ("consistency-distillation", "ctm"):
         _check_teacher(obj.get("teacher"))
+        if name == "ctm":  # its other options, with a stand-in teacher (the checkpoint is loaded by build)
+            from ..paths import get_path
+            from ..predictions import Denoiser
+
+            stand_in = Denoiser(lambda x, t: x, get_path("linear"), "x0")
+            _checked("objective", get_objective, name, **{**obj, "teacher": stand_in})
     else:
         _checked("objective", get_objective, name, **obj)
     _checked("train", TrainConfig.from_dict, dict(cfg.get("train") or {}))

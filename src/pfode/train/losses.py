@@ -88,6 +88,8 @@ OBJECTIVES = (
     "consistency-distillation",
     "mean-reverting",
     "interpolant",
+    "consistency-fm",
+    "ctm",
 )
 
 
@@ -662,7 +664,16 @@ _OBJECTIVES = {
     "consistency-distillation": lambda **o: Consistency(mode="distillation", **o),
     "mean-reverting": lambda **o: _mean_reverting_objective(**o),
     "interpolant": lambda **o: _interpolant_objective(**o),
+    "consistency-fm": lambda **o: _few_step_objective("consistency-fm", **o),
+    "ctm": lambda **o: _few_step_objective("ctm", **o),
 }
+
+
+def _few_step_objective(name: str, **options) -> Objective:
+    from .consistency_fm import ConsistencyFM  # both import this module
+    from .ctm import CTM
+
+    return (ConsistencyFM if name == "consistency-fm" else CTM)(**options)
 
 
 def _interpolant_objective(**options) -> Objective:
