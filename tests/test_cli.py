@@ -501,3 +501,28 @@ def test_train_and_transport_data_to_data(tmp_path, monkeypatch, capsys):
     fails_in(capsys, 2, ["sample", "--model", "run", "--from", "x.txt", "--out", "c.png"], "toy2d:KIND")
     fails_in(capsys, 2, ["sample", "--eps", "1", "--out", "d.png"], "--eps")
     fails_in(capsys, 1, ["sample", "--model", "run", "--out", "e.png"], "interpolant", "--from DATA")
+
+
+CTM_TINY = """\
+data: {name: toy2d, kind: moons, n: 256, seed: 0}
+model: {name: ctm-mlp, width: 16, depth: 1, time_dim: 8}
+objective: {name: ctm, path: linear, teacher: {checkpoint: "builtin:moons"}, steps: 6, heun_steps: 1}
+train: {iterations: 2, batch_size: 16, lr: 0.001, log_every: 0, ckpt_every: 2, sample_every: 0, device: cpu,
+        tensorboard: false}
+"""
+
+
+def test_sample_a_ctm_model_by_jumps(tmp_path, monkeypatch, capsys):
+    """A CTM checkpoint samples by --nfe jumps with --gamma; solver options are refused by name."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ctm.yaml").write_text(CTM_TINY)
+    assert main(["train", "ctm.yaml", "--out", "run", "--quiet"]) == 0
+    for gamma in ("0", "0.5"):
+        argv = ["sample", "--model", "run", "--nfe", "2", "--gamma", gamma, "--n", "20", "--out", f"g{gamma}.npz"]
+        assert main([*argv, "--quiet"]) == 0
+    a, b = np.load(tmp_path / "g0.npz")["samples"], np.load(tmp_path / "g0.5.npz")["samples"]
+    assert a.shape == b.shape == (20, 2) and np.isfinite(a).all() and not np.allclose(a, b)
+    capsys.readouterr()
+    fails_in(capsys, 2, ["sample", "--model", "run", "--solver", "heun", "--out", "x.png"], "--solver", "jumps")
+    fails_in(capsys, 2, ["sample", "--model", "run", "--gamma", "2", "--out", "x.png"], "--gamma")
+    fails_in(capsys, 2, ["sample", "--model", "builtin:moons", "--gamma", "0.5", "--out", "x.png"], "CTM")

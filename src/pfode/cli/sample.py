@@ -51,6 +51,12 @@ def add_arguments(p):
         default=0.0,
         help="with --from: the interpolant SDE's diffusion eps >= 0 (0, the default, is the ODE; needs a score head)",
     )
+    p.add_argument(
+        "--gamma",
+        type=float,
+        default=None,
+        help="a consistency trajectory model (CTM): gamma-sampling in [0, 1] (default 0: long deterministic jumps)",
+    )
     p.add_argument("--n", type=positive_int, default=None, help="samples (default 64 images or 1000 points)")
     p.add_argument(
         "--batch-size",
@@ -101,11 +107,19 @@ def _run(args) -> int:
         if given:
             raise UsageError(f"--recipe fixes the solver, NFE and times; do not also give {', '.join(given)}")
         recipe = pfode.Recipe.load(args.recipe)
+    user = {k: getattr(args, k) for k in ("solver", "nfe", "spacing")}  # before the defaults (a CTM has others)
     args.nfe = 10 if args.nfe is None else args.nfe
     args.solver = args.solver or "dpm++2m"
     spacing = check_spacing(args.spacing or "logsnr")
-    solver = check_solver(args.solver, args.nfe)
     m = resolve_model(args.model, args.path, dtype=getattr(torch, args.dtype), device=args.device)
+    from ..nets.ctm import CTMModel
+
+    ctm = getattr(m.denoiser, "net", None)
+    if isinstance(ctm, CTMModel):
+        return _ctm(args, out, m, ctm, user)
+    if args.gamma is not None:
+        raise UsageError("--gamma applies to a consistency trajectory model (CTM)")
+    solver = check_solver(args.solver, args.nfe)
     if recipe is not None:
         recipe.check(m.denoiser.path)
         if tuple(m.data_shape) != recipe.shape:
@@ -240,4 +254,47 @@ def _transport(args, out) -> int:
     else:
         plots.scatter_2d(x, out, f"{args.source} transported ({how})", reference=src, labels=("transported", "source"))
     say(f"{x.shape[0]} points of {args.source} transported with {how} in {dt:.2f} s -> {out}")
+    return 0
+
+
+def _ctm(args, out, m, ctm, user: dict) -> int:
+    """``pfode sample`` with a consistency trajectory model: ``--nfe`` jumps (default 1), gamma-sampling."""
+    import torch
+
+    from .. import distributed, plots
+    from ..nets.ctm import ctm_sample
+
+    given = [f"--{k}" for k in ("recipe", "skip") if getattr(args, k) is not None]
+    given += [f"--{k}" for k in ("solver", "spacing") if user[k] is not None]
+    if given or args.trajectories:
+        raise UsageError(
+            f"a CTM model samples by jumps (--nfe, --gamma); {', '.join(given) or '--trajectories'} does not apply"
+        )
+    gamma = 0.0 if args.gamma is None else args.gamma
+    if not 0.0 <= gamma <= 1.0:
+        raise UsageError(f"--gamma {gamma}: must be in [0, 1]")
+    jumps = user["nfe"] or 1
+    n = args.n or (64 if m.is_image else 1000)
+    path = m.denoiser.path
+    z = distributed.noise(n, m.data_shape, args.seed, dtype=m.dtype).to(args.device)
+    x_T = float(path.sigma(torch.tensor(path.t_max, dtype=torch.float64))) * z
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        x = (
+            ctm_sample(
+                ctm, x_T, nfe=jumps, gamma=gamma, generator=torch.Generator(device=args.device).manual_seed(args.seed)
+            )
+            .cpu()
+            .float()
+        )
+    dt = time.perf_counter() - t0
+    make_folder(out)
+    title = f"{m.name}: CTM, {jumps} jump{'s' if jumps > 1 else ''}, gamma {gamma:g}, seed {args.seed}"
+    if out.suffix == ".npz":
+        save_npz(out, {"samples": x, "noise": z.cpu()})
+    elif m.is_image:
+        plots.sample_grid(x, out, title)
+    else:
+        plots.scatter_2d(x, out, title, reference=reference(m, min(2000, max(n, 500))))
+    say(f"{n} samples from {m.name} with CTM ({jumps} NFE, gamma {gamma:g}) in {dt:.2f} s -> {out}")
     return 0
