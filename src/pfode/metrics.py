@@ -21,6 +21,7 @@ __all__ = [
     "straightness",
     "sqrtm_psd",
     "kinetic_energy",
+    "fp_residual",
 ]
 
 
@@ -30,6 +31,14 @@ def kinetic_energy(model_or_target, path=None, **options):
     from .kinetic import kinetic_energy as _kinetic_energy  # kinetic imports analytic, which is heavier
 
     return _kinetic_energy(model_or_target, path, **options)
+
+
+def fp_residual(model, path, x, t, **options):
+    """Per-sample norm of the score Fokker-Planck residual (Lai et al., 2023; Deveney et al., 2023): see
+    :func:`pfode.fokker_planck.fp_residual` (exact divergence on small samples, Hutchinson on large ones)."""
+    from .fokker_planck import fp_residual as _fp_residual  # imports the training objectives
+
+    return _fp_residual(model, path, x, t, **options)
 
 
 def sqrtm_psd(a: torch.Tensor) -> torch.Tensor:

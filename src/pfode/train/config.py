@@ -63,6 +63,18 @@ def _objective_keys(name: str) -> set:
         from ..interpolants import InterpolantObjective
 
         return _params(InterpolantObjective)
+    if name in ("distill", "rectified-diffusion"):
+        from .distill import Distillation, RectifiedDiffusion
+
+        return _params(Distillation if name == "distill" else RectifiedDiffusion)
+    if name == "idode":
+        from .idode import LikelihoodDSM
+
+        return _params(LikelihoodDSM)
+    if name == "dsm-fp":
+        from ..fokker_planck import FokkerPlanckDSM
+
+        return _params(DenoisingScoreMatching) | _params(FokkerPlanckDSM)
     if name in ("consistency-fm", "ctm"):
         from .consistency_fm import ConsistencyFM
         from .ctm import CTM

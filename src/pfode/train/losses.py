@@ -88,6 +88,10 @@ OBJECTIVES = (
     "consistency-distillation",
     "mean-reverting",
     "interpolant",
+    "distill",
+    "rectified-diffusion",
+    "idode",
+    "dsm-fp",
     "consistency-fm",
     "ctm",
 )
@@ -664,6 +668,10 @@ _OBJECTIVES = {
     "consistency-distillation": lambda **o: Consistency(mode="distillation", **o),
     "mean-reverting": lambda **o: _mean_reverting_objective(**o),
     "interpolant": lambda **o: _interpolant_objective(**o),
+    "distill": lambda **o: _pairs_objective("Distillation", **o),
+    "rectified-diffusion": lambda **o: _pairs_objective("RectifiedDiffusion", **o),
+    "idode": lambda **o: _likelihood_objective("idode", **o),
+    "dsm-fp": lambda **o: _likelihood_objective("dsm-fp", **o),
     "consistency-fm": lambda **o: _few_step_objective("consistency-fm", **o),
     "ctm": lambda **o: _few_step_objective("ctm", **o),
 }
@@ -674,6 +682,19 @@ def _few_step_objective(name: str, **options) -> Objective:
     from .ctm import CTM
 
     return (ConsistencyFM if name == "consistency-fm" else CTM)(**options)
+
+
+def _likelihood_objective(name: str, **options) -> Objective:
+    from ..fokker_planck import FokkerPlanckDSM  # both import this module
+    from .idode import LikelihoodDSM
+
+    return (LikelihoodDSM if name == "idode" else FokkerPlanckDSM)(**options)
+
+
+def _pairs_objective(cls: str, **options) -> Objective:
+    from . import distill  # imports this module
+
+    return getattr(distill, cls)(**options)
 
 
 def _interpolant_objective(**options) -> Objective:
