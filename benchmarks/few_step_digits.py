@@ -1,0 +1,136 @@
+"""Few-step students on digits: Frechet distance at 1, 2 and 4 NFE for every few-step objective of pfode.train.
+
+One DSM teacher (cosine path, eps, min-SNR; the recipe of ``train_digits.py``) on half A of sklearn's digits, then,
+each with the same budget of training steps on half A:
+
+* consistency distillation (``consistency-distillation``, EDM, teacher Heun),
+* consistency training (``consistency-training``, EDM),
+* Consistency Flow Matching (``consistency-fm``, Linear path, 2 segments),
+* a Consistency Trajectory Model (``ctm``, Linear path, teacher = the DSM teacher, an MLP taking the second time).
+
+FD-digits: the Frechet distance of a small digits classifier's penultimate features (``train_digits.py``) against
+half B; "real digits, half A" is the floor. One run; ``--quick`` is a smoke test.
+
+    python benchmarks/few_step_digits.py [--teacher-steps 2500] [--steps 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from train_common import RESULTS, Timer, setup, table, write_json
+from train_digits import fd, features, train_classifier
+
+from pfode.data import digits
+from pfode.nets import UNet
+from pfode.nets.ctm import TwoTimeMLP
+from pfode.train import Trainer
+from pfode.train.consistency_fm import ConsistencyFM
+from pfode.train.ctm import CTM
+from pfode.train.losses import Consistency, DenoisingScoreMatching
+
+NFES = (1, 2, 4)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--teacher-steps", type=int, default=2500)
+    ap.add_argument("--steps", type=int, default=1000, help="training steps of every student")
+    args = ap.parse_args(argv)
+    setup()
+    t0 = time.perf_counter()
+    steps_t, steps_s = (60, 20) if args.quick else (args.teacher_steps, args.steps)
+    x, y = digits(return_labels=True)
+    n = x.shape[0]
+    clf, acc = train_classifier(x, y, epochs=5 if args.quick else 40)
+    f_all = features(clf, x)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    f_ref = f_all[perm[n // 2 :]]
+    m = f_ref.shape[0]
+    rows = [["real digits, half A (floor)", "-", "-", fd(f_all[perm[: n // 2]], f_ref)]]
+    train_x = x[perm[: n // 2]]
+    unet = dict(base=16, mults=(1, 2), blocks=1, time_dim=64)
+    cfg = dict(batch_size=128, lr=2e-3, warmup_steps=100, lr_schedule="cosine", min_lr_ratio=0.05, grad_clip=1.0,
+               ema_decay=0.998, quiet=True, log_every=0)
+
+    torch.manual_seed(0)
+    teacher_obj = DenoisingScoreMatching("cosine", "eps", weighting="min-snr", gamma=5.0)
+    teacher = Trainer(UNet((1, 8, 8), **unet), teacher_obj, train_x, {**cfg, "iterations": steps_t})
+    with Timer() as tt:
+        teacher.fit(save_final=False)
+    z = torch.randn(m, 1, 8, 8, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        for nfe in (2, 4, 10):  # (one evaluation is the final denoising step alone: the mean image)
+            s = teacher_obj.sample(teacher.ema, z, nfe=nfe, solver="dpm++2m")
+            rows.append(["DSM teacher, dpm++2m", nfe, steps_t, fd(features(clf, s), f_ref)])
+    tden = teacher_obj.denoiser(teacher.ema)
+
+    students = {
+        "consistency distillation": (
+            lambda: Consistency("edm", mode="distillation", teacher=tden, teacher_solver="heun", steps=18,
+                                sigma_data=0.5, metric="pseudo-huber"),
+            lambda: UNet((1, 8, 8), **unet, log_time=True, time_scale=250.0),
+        ),
+        "consistency training": (
+            lambda: Consistency("edm", mode="training", sigma_data=0.5, metric="pseudo-huber"),
+            lambda: UNet((1, 8, 8), **unet, log_time=True, time_scale=250.0),
+        ),
+        "Consistency-FM (2 segments)": (
+            lambda: ConsistencyFM("linear", segments=2),
+            lambda: UNet((1, 8, 8), **unet),
+        ),
+        "CTM": (
+            lambda: CTM("linear", teacher=tden, steps=18, heun_steps=2, spacing="uniform", sigma_data=0.5),
+            lambda: TwoTimeMLP((1, 8, 8), width=256, depth=3, time_dim=64),
+        ),
+    }
+    seconds = {}
+    for k, (name, (make_obj, make_net)) in enumerate(students.items()):
+        torch.manual_seed(1 + k)
+        obj = make_obj()
+        tr = Trainer(make_net(), obj, train_x, {**cfg, "iterations": steps_s, "lr": 1e-3})
+        with Timer() as ts:
+            tr.fit(save_final=False)
+        seconds[name] = ts.s
+        with torch.no_grad():
+            for nfe in NFES:
+                s = obj.sample(tr.ema, z, nfe=nfe, generator=torch.Generator().manual_seed(11))
+                ok = bool(torch.isfinite(s).all())
+                rows.append([name, nfe, steps_s, fd(features(clf, s), f_ref) if ok else float("nan")])
+        print(f"{name}: {steps_s} steps in {ts.s:.0f} s", flush=True)
+    header = ["model", "NFE", "train steps", "FD-digits"]
+    total = time.perf_counter() - t0
+    print(f"classifier accuracy {acc:.3f}; teacher {steps_t} steps {tt.s:.0f} s; total {total:.0f} s")
+    print(table(rows, header))
+    stem = "few_step_digits_quick" if args.quick else "few_step_digits"
+    path = write_json(f"{stem}.json", {"rows": [dict(zip(header, r)) for r in rows], "classifier_accuracy": acc,
+                                       "teacher_seconds": tt.s, "student_seconds": seconds, "quick": args.quick})
+    print(path)
+    _plot(rows, RESULTS / f"{stem}.png")
+
+
+def _plot(rows, png):
+    from pfode.plots import _figure
+
+    fig = _figure(6, 4)
+    ax = fig.add_subplot(111)
+    for name in dict.fromkeys(r[0] for r in rows if r[1] != "-"):
+        pts = [(r[1], r[3]) for r in rows if r[0] == name and r[1] in (*NFES, 10)]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    floor = rows[0][3]
+    ax.axhline(floor, color="grey", ls="--", label="real vs real")
+    ax.set_xlabel("NFE")
+    ax.set_ylabel("FD-digits")
+    ax.set_yscale("log")
+    ax.set_xticks(NFES)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png)
+    print(png)
+
+
+if __name__ == "__main__":
+    main()
