@@ -49,8 +49,15 @@ def check_finite_float(name: str, value, minimum: float | None = None, strict: b
     return value
 
 
-def check_state(name: str, x) -> torch.Tensor:
-    """A floating-point tensor with a batch dimension and finite values."""
+def all_finite(x: torch.Tensor) -> bool:
+    """Whether every value of ``x`` is finite (one host read): a non-finite value makes the sum non-finite, so a
+    finite sum settles it in one reduction; only a sum that overflowed is checked value by value."""
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
+
+
+def check_state(name: str, x, finite: bool = True) -> torch.Tensor:
+    """A floating-point tensor with a batch dimension and (unless ``finite=False``: no host-device sync) finite
+    values."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -59,7 +66,7 @@ def check_state(name: str, x) -> torch.Tensor:
         raise ValueError(f"{name} must have a batch dimension first, got a scalar (shape {tuple(x.shape)})")
     if x.shape[0] < 1:
         raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}): give at least one sample")
-    if not bool(torch.isfinite(x).all()):
+    if finite and not all_finite(x):
         raise ValueError(f"{name} has non-finite values (NaN or inf)")
     return x
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
+import types
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -11,11 +14,12 @@ from dataclasses import dataclass, field
 import torch
 
 from . import adjoint
-from ._checks import check_choice, check_state
+from ._checks import all_finite, check_choice, check_state
 from .grids import resolve
 from .predictions import VELOCITY_AT_ZERO, Denoiser, check_denoiser
 from .skipping import SkippingEvaluator, check_supported, resolve_skip
-from .solvers.base import Evaluator, Solver, Table, get, run
+from .solvers.base import Evaluator, Solver, Table, available, get, run
+from .solvers.fused import execute, fuse
 from .tuning.recipe import Recipe
 
 __all__ = ["sample", "Sampler", "SampleOutput", "NonFiniteError", "PerSampleNoise"]
@@ -107,6 +111,17 @@ class Sampler:
     ``Sampler(denoiser, grid or nfe=..., solver=...)(x_T)`` equals ``pfode.sample(...)`` with the
     same arguments; reuse the object when sampling many batches to skip the set-up (grid, plan).
     Calls are independent: no state is kept between them besides those caches.
+
+    Solvers with folded steps (:mod:`pfode.solvers.fused`: DDIM/DDPM, DPM-Solver and DPM-Solver++, UniPC, DEIS,
+    iPNDM, LMS, USF, Euler-Maruyama, SDE-DPM-Solver++(2M), Euler ancestral and the Runge-Kutta family) run each
+    step as the fewest tensor operations its algebra allows on float32 and float64 states, without callbacks or
+    trajectories (which read ``x0_hat`` and so run the unfolded step; both agree to rounding).
+
+    ``compile``: ``True`` runs the whole folded loop, network included, as one ``torch.compile`` graph
+    (``fullgraph=True``: no graph breaks and no host reads inside it), under CUDA graphs (mode
+    ``"reduce-overhead"``) on a CUDA device; a string chooses the ``torch.compile`` mode. The first call per
+    batch shape, dtype and device compiles (seconds to a minute); the result equals the eager sampler to rounding.
+    With ``check_finite=False`` a call makes no host-device synchronisation at all.
     """
 
     def __init__(
@@ -122,6 +137,7 @@ class Sampler:
         denoise: bool = True,
         recipe=None,
         skip=None,
+        compile: bool | str = False,
     ):
         check_denoiser(denoiser)
         self.denoiser = denoiser
@@ -162,6 +178,15 @@ class Sampler:
         if self.skip is not None:
             check_supported(self.skip, self.solver, self.plan)
         self._times: dict = {}
+        self.compile = _check_compile(compile, self)
+        self._compiled: dict = {}
+
+    @functools.cached_property
+    def fused(self) -> list | None:
+        """The folded plan (:mod:`pfode.solvers.fused`), built on first use; ``None`` where the solver has none."""
+        if self.plan is None or self.skip is not None:
+            return None
+        return fuse(self.solver, self.plan, self.table, self.denoiser.prediction)
 
     @property
     def nfe(self) -> int | None:
@@ -188,7 +213,9 @@ class Sampler:
         gradient: str = "backprop",
         params=None,
     ):
-        check_state("x_T", x_T)
+        folded = self.fused is not None and x_T.dtype in (torch.float32, torch.float64)
+        # the compiled loop checks x_T inside its graph (one host read for both checks)
+        check_state("x_T", x_T, finite=check_finite and not (self.compile and folded))
         if self.recipe is not None:
             self.recipe.check_shape(x_T)  # the path was checked when the sampler was prepared
             x_T = self.recipe.start(x_T, self.denoiser.path)
@@ -205,15 +232,51 @@ class Sampler:
             raise ValueError("params= is for gradient='discrete' or 'continuous' (backprop differentiates everything)")
         if self.adaptive:
             return self._adaptive(x_T, cond, callback, return_trajectory, return_info, check_finite, generator)
-        ev = self._evaluator(x_T, cond)
         noise = PerSampleNoise(x_T, generator) if self.solver.stochastic else None
+        if folded and callback is None and not return_trajectory:
+            x = self._folded(x_T, cond, noise, check_finite)
+            if x is None:
+                self._locate_non_finite(x_T, cond, noise)
+            return SampleOutput(x, None, self._times_list(), self.nfe) if return_info else x
+        if self.compile:
+            raise ValueError(
+                "compile=True runs the folded loop on float32/float64 states without callback or return_trajectory; "
+                f"got dtype {x_T.dtype}" + (", a callback" if callback is not None else "")
+                + (", return_trajectory=True" if return_trajectory else "")
+            )
+        ev = self._evaluator(x_T, cond)
         x, traj = self._loop(x_T, ev, noise, callback, return_trajectory, None)
-        if check_finite and not bool(torch.isfinite(x).all()):
+        if check_finite and not all_finite(x):
             self._locate_non_finite(x_T, cond, noise)
         if return_trajectory or return_info:
             info = {} if self.skip is None else {"skipped": list(ev.skipped), "stability": dict(ev.stability)}
             return SampleOutput(x, traj, self._times_list(), ev.count, info)
         return x
+
+    def _folded(self, x_T, cond, noise, check_finite):
+        """The folded loop's result, or ``None`` when ``check_finite`` and the result is not finite."""
+        key = (x_T.shape[0], x_T.device, x_T.dtype)
+        if key not in self._times:
+            self._times[key] = Evaluator.times(self.denoiser, self.table, x_T)
+        t_net = self._times[key][0]
+        if not self.compile:
+            x = _run_folded(self.fused, self.denoiser, x_T, t_net, cond, noise)
+            return x if not check_finite or all_finite(x) else None
+        ckey = key + (tuple(x_T.shape), bool(check_finite))
+        fn = self._compiled.get(ckey)
+        if fn is None:
+            t_all = torch.stack(t_net)
+            fn = _compile_folded(self.fused, self.denoiser, t_all, self.compile, x_T, check_finite)
+            self._compiled[ckey] = fn
+        if not check_finite:
+            x = fn(x_T, cond, noise)
+        else:
+            x, ok = fn(x_T, cond, noise)
+            if not bool(ok):  # the one host read of the call
+                check_state("x_T", x_T)
+                return None
+        # CUDA graphs reuse their output buffers on the next replay: hand the caller its own tensor
+        return x.clone() if x_T.device.type == "cuda" else x
 
     def _times_list(self) -> list[float]:
         return [self.table[i].t for i in range(self.table.n_steps + 1)]
@@ -294,6 +357,55 @@ class Sampler:
         if return_trajectory or return_info:
             return SampleOutput(x, traj, times, nfe_used, info)
         return x
+
+
+def _run_folded(fplan, den, x, t_net, cond, noise):
+    """The folded sampling loop (eagerly, or traced whole by ``torch.compile``)."""
+    return execute(fplan, x, lambda u, k: den.raw(u, t_net[k], cond), noise)
+
+
+def _compile_folded(fplan, den, t_all, compile, like, check_finite):
+    """The folded loop compiled for one batch shape, dtype and device. The plan, the network and the network times
+    (``t_all``, ``[points, B]``) are closed over, so the compiled call guards on the state and ``cond`` alone. With
+    ``check_finite`` it also returns whether ``x`` and the result are finite, reduced inside the graph."""
+
+    def loop(x, cond, noise):
+        out = execute(fplan, x, lambda u, k: den.raw(u, t_all[k], cond), noise)
+        if check_finite:
+            return out, torch.isfinite(x).all() & torch.isfinite(out).all()
+        return out
+
+    # torch.compile caches compiled graphs per code object (at most 8 each); every prepared loop gets its own code
+    # object, so that any number of samplers, shapes and dtypes can be compiled in one process
+    code = loop.__code__.replace(co_name=f"pfode_folded_loop_{next(_LOOPS)}")
+    loop = types.FunctionType(code, loop.__globals__, code.co_name, None, loop.__closure__)
+    mode = compile if isinstance(compile, str) else ("reduce-overhead" if like.device.type == "cuda" else None)
+    return torch.compile(loop, fullgraph=True, dynamic=False, mode=mode)
+
+
+_LOOPS = itertools.count()
+
+
+_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def _check_compile(compile, sampler) -> bool | str:
+    if isinstance(compile, str):
+        check_choice("compile", compile, _COMPILE_MODES)
+    elif not isinstance(compile, bool):
+        raise TypeError(f"compile must be True, False or a torch.compile mode {_COMPILE_MODES}, got {compile!r}")
+    if compile and sampler.fused is None:
+        if sampler.adaptive:
+            why = f"{sampler.solver.name!r} is an adaptive solver"
+        elif sampler.skip is not None:
+            why = "step skipping runs the unfolded steps"
+        else:
+            why = f"solver {sampler.solver.name!r} has no folded steps"
+        raise ValueError(
+            f"compile={compile!r} compiles the folded fixed-step loop, but {why}; solvers with "
+            f"folded steps: {', '.join(n for n in available() if get(n).fusable)}"
+        )
+    return compile
 
 
 _CACHE_SIZE = 8
@@ -379,9 +491,10 @@ def sample(
         return_info: return a :class:`SampleOutput` (samples, evaluations used, solver info).
         generator: seeds the per-sample noise streams of stochastic solvers.
         cond: keyword arguments passed to the network at every call (conditioning tensors).
-        check_finite: raise :class:`NonFiniteError` if the result is not finite, naming the first step
-            whose ``x0_hat`` was not (one check after the loop, no host-device sync inside it; on failure
-            the call is replayed with the same noise streams, checking every step).
+        check_finite: raise a ``ValueError`` if ``x_T`` is not finite and :class:`NonFiniteError` if the result is not,
+            naming the first step whose ``x0_hat`` was not (one check after the loop, no host-device sync inside
+            it; on failure the call is replayed with the same noise streams, checking every step). ``False``: no
+            checks, and no host-device synchronisation in the call.
         gradient: how gradients flow back through the loop: ``"backprop"`` (autograd through every step),
             ``"discrete"`` (exact adjoint of the solver, memory of the grid states only) or ``"continuous"``
             (AdjointDPM, constant memory; solvers that supply :meth:`~pfode.solvers.Solver.adjoint_weights`).

@@ -24,7 +24,7 @@ import torch
 from .._checks import check_finite_float
 from .base import Solver, Step, Table, register
 from .edm import SigmaStep, check_point, sigma_step
-from .exponential import DPMSolverPP2S, LinearStep, _lin, linear_update, phi
+from .exponential import DPMSolverPP2S, LinearStep, _lin, fuse_linear, linear_update, phi
 
 __all__ = [
     "ancestral_step",
@@ -92,6 +92,9 @@ class EulerAncestral(_Ancestral):
 
     def update(self, x, hist, st, d, noise=None):
         return linear_update(x, hist, st, d, noise)
+
+    def fuse_step(self, b, st, hist):
+        return fuse_linear(b, st, hist, "x0", 0)
 
 
 class DPM2Ancestral(_Ancestral):

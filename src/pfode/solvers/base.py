@@ -170,6 +170,8 @@ class SolverBase:
     multistep: bool = False
     #: whether the solver integrates in lam (needs alpha > 0 and sigma > 0 at step starts)
     needs_finite_lam: bool = True
+    #: whether its steps can be folded (:meth:`Solver.fuse_step`); adaptive solvers' cannot
+    fusable: bool = False
 
     def describe(self) -> dict:
         keys = ("name", "order", "evals_per_step", "stochastic", "adaptive", "multistep", "paper")
@@ -271,11 +273,34 @@ class Solver(SolverBase):
             return _zero_step(x, hist, st)
         return self.step(x, hist, st, noise)
 
+    # -- folded steps (pfode.solvers.fused) --------------------------------------------------
+    def fuse_step(self, b, st: Step, hist: tuple) -> tuple[dict, tuple]:
+        """Step ``st`` written with a :class:`pfode.solvers.fused.Builder` ``b``: the evaluations it spends
+        (``b.eval``), as linear combinations ``{register: coefficient}`` of the state (``b.x``), the network
+        outputs and ``hist`` (the values the previous step kept, as such combinations). Returns the new state's
+        combination and the values to keep, as :meth:`update` and :meth:`step` keep them. Solvers that do not
+        implement it run unfolded."""
+        raise NotImplementedError
+
+    @property
+    def fusable(self) -> bool:
+        """Whether this solver's steps can be folded: it implements :meth:`fuse_step` in a class at least as
+        derived as the ones that define how its steps are applied (:meth:`update`, :meth:`step`; a subclass that
+        changes the update but not the folded step falls back to the unfolded one, one that only plans other
+        coefficients does not need to)."""
+        cls = type(self)
+        owner = _owner(cls, "fuse_step")
+        return owner is not Solver and all(issubclass(owner, _owner(cls, m)) for m in ("update", "step"))
+
     def adjoint_weights(self, r: float | None) -> tuple[float, ...] | None:
         """Weights ``(c_0, c_1, ...)`` with which this solver combines the current and earlier ``x0_hat``
         in a step of ``lam`` whose previous step was ``r`` times as long (``None`` on the first step),
         for the continuous adjoint; ``None`` if the solver is not such an exponential integrator."""
         return None
+
+def _owner(cls: type, name: str) -> type:
+    return next(k for k in cls.__mro__ if name in vars(k))
+
 
 def _zero_step(x, hist, st: Step) -> StepProgram:
     d = yield st.i, x

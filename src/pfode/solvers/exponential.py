@@ -19,6 +19,7 @@ import torch
 
 from .._checks import check_choice, check_int
 from .base import Solver, Step, Table, register
+from .fused import lin
 
 __all__ = ["DDIM", "DPMSolver", "DPMSolverPP2S", "DPMSolverPPMultistep", "UniPC", "DEIS", "IPNDM", "phi"]
 
@@ -76,6 +77,18 @@ def linear_update(x, hist, st: LinearStep, d, noise):
     return out, ((d,) if len(st.w) > 1 else hist)
 
 
+def fuse_linear(b, st: LinearStep, hist: tuple, basis: str, keep: int):
+    """A folded :class:`LinearStep`: ``x_next = cx x + sum w[j] D_j (+ cz z)`` with ``D_0`` the current ``x0_hat``
+    (``basis="x0"``) or ``eps_hat`` (``"eps"``) and ``D_j`` (j > 0) the kept ones; keeps the first ``keep``."""
+    out = b.eval(st.i, b.x)
+    d = b.x0(st.i, b.x, out) if basis == "x0" else b.eps(st.i, b.x, out)
+    ds = (d,) + tuple(hist)
+    terms = lin((st.cx, {b.x: 1.0}), *zip(st.w, ds))
+    if st.cz:
+        terms = lin((1.0, terms), (st.cz, {b.noise(): 1.0}))
+    return terms, ds[:keep]
+
+
 @dataclass(frozen=True, kw_only=True)
 class EpsStep(LinearStep):
     """A :class:`LinearStep` on ``eps_hat = (x - a x0_hat) / s`` at the step's start."""
@@ -117,6 +130,9 @@ class DDIM(Solver):
 
     def update(self, x, hist, st, d, noise=None):
         return linear_update(x, hist, st, d, noise)
+
+    def fuse_step(self, b, st, hist):
+        return fuse_linear(b, st, hist, "x0", 0)
 
     def adjoint_weights(self, r):
         return None if self.stochastic else (1.0,)
@@ -236,6 +252,21 @@ class DPMSolver(Solver):
             out = torch.add(out, e1 - e0, alpha=st.c_last)
         return out.to(x.dtype), hist, d0
 
+    def fuse_step(self, b, st, hist):
+        x = {b.x: 1.0}
+        e0 = b.eps(st.i, b.x, b.eval(st.i, b.x))
+        res = lin((st.cx, x), (st.w[0], e0))
+        e1 = None
+        for idx, ax, ce, c1, _, _ in st.stages:
+            u = lin((ax, x), (ce, e0))
+            if c1:
+                u = lin((1.0, u), (c1, e1), (-c1, e0))
+            ur = b.comb(u)
+            e1 = b.eps(idx, ur, b.eval(idx, ur))
+        if e1 is not None:
+            res = lin((1.0, res), (st.c_last, e1), (-st.c_last, e0))
+        return res, hist
+
     def adjoint_weights(self, r):
         return (1.0,) if self.evals_per_step == 1 else None  # every step first order: DDIM
 
@@ -278,6 +309,13 @@ class DPMSolverPP2S(Solver):
         d0 = yield st.i, x
         d1 = yield st.j, torch.add(x * st.u_x, d0, alpha=st.u_d)
         return _lin(x, st.cx, zip(st.w, (d0, d1))), hist, d0
+
+    def fuse_step(self, b, st, hist):
+        x = {b.x: 1.0}
+        d0 = b.x0(st.i, b.x, b.eval(st.i, b.x))
+        u = b.comb(lin((st.u_x, x), (st.u_d, d0)))
+        d1 = b.x0(st.j, u, b.eval(st.j, u))
+        return lin((st.cx, x), (st.w[0], d0), (st.w[1], d1)), hist
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -366,6 +404,9 @@ class DPMSolverPPMultistep(_Multistep):
         ds = ((d,) + (hist or ()))[: self.order]
         return _lin(x, st.cx, zip(st.w, ds)), ds[: self.order - 1]
 
+    def fuse_step(self, b, st, hist):
+        return fuse_linear(b, st, hist, "x0", self.order - 1)
+
     def adjoint_weights(self, r):
         if self.order != 2:
             return None
@@ -450,6 +491,17 @@ class UniPC(_Multistep):
         ds = ((d,) + ds)[: self.predictor_order]
         return _lin(x, st.cx, zip(st.w, ds)), (x, ds)
 
+    def fuse_step(self, b, st, hist):
+        prev_x, ds = (hist[0], tuple(hist[1:])) if hist else (None, ())
+        d = b.x0(st.i, b.x, b.eval(st.i, b.x))
+        x = {b.x: 1.0}
+        if st.corrector:  # d is read twice: materialise it once (it is kept anyway)
+            d = b.keep(d)
+            ccx, cw, cnew = st.corrector
+            x = {b.comb(lin((ccx, prev_x), *zip(cw, ds), (cnew, d))): 1.0}
+        ds = ((d,) + ds)[: self.predictor_order]
+        return lin((st.cx, x), *zip(st.w, ds)), (x,) + ds
+
 
 @dataclass(frozen=True, kw_only=True)
 class UniPCStep(LinearStep):
@@ -516,6 +568,9 @@ class _AdamsInS(_Multistep):
         e = torch.add(xc, _up(d), alpha=-st.a).mul_(1.0 / st.s)
         hist = self._push(hist, e, self.order)
         return _lin(xc, st.cx, zip(st.w, hist)).to(x.dtype), hist
+
+    def fuse_step(self, b, st, hist):
+        return fuse_linear(b, st, hist, "eps", self.order)
 
 
 class DEIS(_AdamsInS):

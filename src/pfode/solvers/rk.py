@@ -21,6 +21,7 @@ from .._checks import check_choice
 from ..engine import EULER, HEUN, MIDPOINT, Tableau, rk_stages
 from ..engine import RK4 as RK4_TABLEAU
 from .base import Solver, Step, Table, register
+from .fused import lin
 
 __all__ = ["RK", "Euler", "Heun", "Midpoint", "RK4"]
 
@@ -112,6 +113,23 @@ class RK(Solver):
         except StopIteration as stop:
             (y,), _ = stop.value
         return (y * st.y_out if in_s else y), hist, d0
+
+    def fuse_step(self, b, st, hist):
+        # stage k's derivative: in s, eps_hat (dy/ds); in t, dx/dt; every stage input a combination of the state
+        # and the earlier stages' inputs and outputs
+        tab, in_s = self.tableau, self.variable == "s"
+        y = {b.x: st.y_in if in_s else 1.0}
+        ks: list[dict] = []
+        for k in range(tab.stages):
+            if k == 0:
+                xr = b.x
+            else:
+                yk = lin((1.0, y), *[(st.h * a, kj) for a, kj in zip(tab.a[k], ks)])
+                xr = b.comb(lin((st.coef[k][0], yk)) if in_s else yk)
+            out = b.eval(st.idx[k], xr)
+            ks.append(b.eps(st.idx[k], xr, out) if in_s else b.vel(st.idx[k], xr, out))
+        y_next = lin((1.0, y), *[(st.h * w, kj) for w, kj in zip(tab.b, ks)])
+        return (lin((st.y_out, y_next)) if in_s else y_next), hist
 
 
 def Euler(variable: str = "s") -> RK:

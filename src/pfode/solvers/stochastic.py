@@ -16,7 +16,7 @@ import math
 
 from .._checks import check_choice, check_finite_float
 from .base import Solver, register
-from .exponential import LinearStep, linear_update
+from .exponential import LinearStep, fuse_linear, linear_update
 
 __all__ = ["EulerMaruyama", "DPMSolverPP2MSDE"]
 
@@ -33,6 +33,9 @@ class _ReverseSDE(Solver):
 
     def update(self, x, hist, st, d, noise=None):
         return linear_update(x, hist, st, d, noise)
+
+    def fuse_step(self, b, st, hist):
+        return fuse_linear(b, st, hist, "x0", 1)
 
 
 class EulerMaruyama(_ReverseSDE):

@@ -28,6 +28,7 @@ import numpy as np
 from .._checks import check_choice, check_int
 from .base import Solver, Step, Table, register
 from .exponential import _lin
+from .fused import lin
 
 __all__ = ["Rule", "USF", "SPACES", "MAX_ORDER"]
 
@@ -187,6 +188,18 @@ class USF(Solver):
             x = _lin(start, ccx, _terms(cwd, cwx, evals))
         x_next = _lin(x, st.cx, _terms(st.wd, st.wx, evals))
         return x_next, (x, evals[: self._keep])
+
+    def fuse_step(self, b, st, hist):
+        # kept values, flat: the corrected start, then (X_j, D_j) pairs newest first
+        start = hist[0] if hist else None
+        pairs = [(hist[j], hist[j + 1]) for j in range(1, len(hist), 2)]
+        evals = [({b.x: 1.0}, b.x0(st.i, b.x, b.eval(st.i, b.x)))] + pairs
+        x = {b.x: 1.0}
+        if st.corr is not None:
+            ccx, cwd, cwx = st.corr
+            x = {b.comb(lin((ccx, start), *_terms(cwd, cwx, evals))): 1.0}
+        x_next = lin((st.cx, x), *_terms(st.wd, st.wx, evals))
+        return x_next, (x,) + tuple(v for pair in evals[: self._keep] for v in pair)
 
 
 def _terms(wd, wx, evals):
