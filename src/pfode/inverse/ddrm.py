@@ -26,19 +26,11 @@ import math
 
 import torch
 
-from .._checks import check_finite_float
 from .base import register
-from .dps import noise_like, schedule
+from .dps import _check_unit, noise_like, schedule
 from .pigdm import _require_linear
 
 __all__ = ["ddrm"]
-
-
-def _unit(name: str, value) -> float:
-    value = check_finite_float(name, value, 0.0)
-    if value > 1.0:
-        raise ValueError(f"{name}={value!r} must be in [0, 1]")
-    return value
 
 
 def ddrm(
@@ -69,7 +61,7 @@ def ddrm(
         ``(x [B, *shape], info)`` with ``info["residual"]`` the final ``||y - A x||`` per sample ``[B]``.
     """
     _require_linear(operator, "ddrm")
-    eta, eta_b = _unit("eta", eta), _unit("eta_b", eta_b)
+    eta, eta_b = _check_unit("eta", eta), _check_unit("eta_b", eta_b)
     u, sv, v = operator.svd()
     keep = sv > sv.max() * 1e-10
     dt, dev = x_T.dtype, x_T.device

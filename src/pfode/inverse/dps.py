@@ -77,11 +77,16 @@ def needs_grad(x0: torch.Tensor, method: str):
         )
 
 
+def _check_unit(name: str, value, hint: str = "") -> float:
+    """A float in ``[0, 1]`` (``ValueError`` naming ``name`` otherwise)."""
+    value = check_finite_float(name, value, 0.0)
+    if value > 1.0:
+        raise ValueError(f"{name}={value!r} must be in [0, 1]{hint}")
+    return value
+
+
 def _check_eta(eta) -> float:
-    eta = check_finite_float("eta", eta, 0.0)
-    if eta > 1.0:
-        raise ValueError(f"eta={eta!r} must be in [0, 1] (0: DDIM, 1: DDPM ancestral noise)")
-    return eta
+    return _check_unit("eta", eta, " (0: DDIM, 1: DDPM ancestral noise)")
 
 
 def dps(
