@@ -81,10 +81,10 @@ def test_shape_errors_are_clear():
         UNet((1, 8, 8))(torch.randn(2, 1, 28, 28), torch.rand(2))
     with pytest.raises(ValueError, match=r"UNet needs \(C, H, W\) images"):
         UNet((64,))
-    with pytest.raises(ValueError, match="valid names: ctm-mlp, mlp, mu-concat, unet"):
+    with pytest.raises(ValueError, match="valid names: ctm-mlp, ctm-unet, mlp, mu-concat, unet"):
         build("resnet")
-    # mu-concat: pfode.mean_reverting.MuConcat; ctm-mlp: pfode.nets.ctm.TwoTimeMLP
-    assert set(NETS) == {"ctm-mlp", "mlp", "mu-concat", "unet"}
+    # mu-concat: pfode.mean_reverting.MuConcat; ctm-mlp / ctm-unet: pfode.nets.ctm.TwoTimeMLP / TwoTimeUNet
+    assert set(NETS) == {"ctm-mlp", "ctm-unet", "mlp", "mu-concat", "unet"}
 
 
 def test_unknown_network_option_is_named():

@@ -27,9 +27,10 @@ _register_mean_reverting()
 
 
 def _register_ctm():
-    from .ctm import TwoTimeMLP  # (x, t, s): the network of a consistency trajectory model
+    from .ctm import TwoTimeMLP, TwoTimeUNet  # (x, t, s): the networks of a consistency trajectory model
 
     NETS[TwoTimeMLP.name] = TwoTimeMLP
+    NETS[TwoTimeUNet.name] = TwoTimeUNet
 
 
 _register_ctm()

@@ -1,5 +1,5 @@
-"""Consistency Trajectory Models (Kim et al., ICLR 2024): the jump ``G(x_t, t, s)`` on any path, a network that
-takes a second time, and gamma-sampling.
+"""Consistency Trajectory Models (Kim et al., ICLR 2024): the jump ``G(x_t, t, s)`` on any path, networks that
+take a second time (an MLP for vectors, a UNet for images), and gamma-sampling.
 
 CTM in EDM's variables (``x_sigma = x0 + sigma eps``, data at ``sigma_min``) writes the jump from ``t`` to
 ``s <= t`` as ``G(x_t, t, s) = (s / t) x_t + (1 - s / t) g(x_t, t, s)``: the DDIM (Euler) step towards the
@@ -26,10 +26,44 @@ from .._checks import as_f64, check_choice, check_finite_float, check_int
 from ..paths import Path, get_path
 from ..predictions import Denoiser
 from .mlp import MLP
+from .unet import UNet
 
-__all__ = ["TwoTimeMLP", "CTMModel", "ctm_sample", "ctm_times", "time_grid", "jump_coefficients", "SPACINGS"]
+__all__ = [
+    "TwoTimeMLP",
+    "TwoTimeUNet",
+    "CTMModel",
+    "ctm_sample",
+    "ctm_times",
+    "time_grid",
+    "jump_coefficients",
+    "SPACINGS",
+]
 
 SPACINGS = ("karras", "uniform")
+
+
+def _second_time(width: int, time_dim: int) -> nn.Sequential:
+    """The projection of the second time's sinusoidal embedding; its last layer starts at zero (no effect at init)."""
+    semb = nn.Sequential(nn.Linear(time_dim, width), nn.SiLU(), nn.Linear(width, width))
+    nn.init.zeros_(semb[2].weight)
+    nn.init.zeros_(semb[2].bias)
+    return semb
+
+
+def _both_times(net, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
+    """``t``'s embedding plus the projected embedding of ``s`` (one time, or one per sample)."""
+    if s is None:
+        raise TypeError(
+            f"{type(net).__name__}(x, t, s) needs the second time s (the time a CTM jumps to); it is not a plain "
+            "(x, t) network"
+        )
+    e = net.time_embedding(x, t)
+    s = s.reshape(-1)
+    if s.numel() == 1 and x.shape[0] != 1:
+        s = s.expand(x.shape[0])
+    if s.shape[0] != x.shape[0]:
+        raise ValueError(f"s must hold one time or one per sample ({x.shape[0]}), got shape {tuple(s.shape)}")
+    return e + net.semb(net.embed(s).to(e.dtype))
 
 
 class TwoTimeMLP(MLP):
@@ -52,25 +86,45 @@ class TwoTimeMLP(MLP):
         log_time: bool = False,
     ):
         super().__init__(data_shape, width, depth, time_dim, time_scale, log_time)
-        self.semb = nn.Sequential(nn.Linear(time_dim, width), nn.SiLU(), nn.Linear(width, width))
-        nn.init.zeros_(self.semb[2].weight)
-        nn.init.zeros_(self.semb[2].bias)
+        self.semb = _second_time(width, time_dim)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
-        if s is None:
-            raise TypeError(
-                "TwoTimeMLP(x, t, s) needs the second time s (the time a CTM jumps to); it is not a plain "
-                "(x, t) network"
-            )
-        e = self.time_embedding(x, t)
-        s = s.reshape(-1)
-        if s.numel() == 1 and x.shape[0] != 1:
-            s = s.expand(x.shape[0])
-        e = e + self.semb(self.embed(s).to(e.dtype))
+        e = _both_times(self, x, t, s)
         h = self.inp(x.reshape(x.shape[0], -1))
         for blk in self.blocks:
             h = blk(h, e)
         return self.out(self.act(h)).reshape(x.shape)
+
+
+class TwoTimeUNet(UNet):
+    """The :class:`~pfode.nets.UNet` with a second time input: ``(x [B, C, H, W], t [B], s [B]) -> [B, C, H, W]``.
+
+    ``s`` is embedded like ``t`` (the same sinusoids) and projected by its own two-layer MLP, whose last layer
+    starts at zero; the result is added to ``t``'s embedding, which every residual block receives -- CTM's networks
+    (Kim et al., 2024, after EDM's) condition on both times this way. At initialisation the output does not depend
+    on ``s``, so a :class:`CTMModel` around it starts as a denoiser ``g(x_t, t)`` whose jump ``G`` depends on ``s``
+    only through the DDIM coefficients. Arguments as :class:`~pfode.nets.UNet`; registered as ``"ctm-unet"``.
+    Calling it without ``s`` is a ``TypeError``.
+    """
+
+    name = "ctm-unet"
+
+    def __init__(
+        self,
+        data_shape=(1, 8, 8),
+        base: int = 32,
+        mults=(1, 2),
+        blocks: int = 1,
+        time_dim: int = 64,
+        groups: int = 8,
+        time_scale: float = 1000.0,
+        log_time: bool = False,
+    ):
+        super().__init__(data_shape, base, mults, blocks, time_dim, groups, time_scale, log_time)
+        self.semb = _second_time(4 * base, time_dim)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
+        return self.body(x, _both_times(self, x, t, s))
 
 
 def _times(t, x: torch.Tensor, name: str) -> torch.Tensor:
@@ -101,7 +155,7 @@ class CTMModel(nn.Module):
     ``TypeError`` that says what to do instead.
 
     Args:
-        net: a network ``(x, t_net, s_net) -> x-shape`` (e.g. :class:`TwoTimeMLP`).
+        net: a network ``(x, t_net, s_net) -> x-shape`` (:class:`TwoTimeMLP`, :class:`TwoTimeUNet`).
         path: the :class:`~pfode.paths.Path` (or its name).
         sigma_data: EDM's data scale in the preconditioning.
         t_min, t_max: the data and noise ends the model was trained between (default the path's); sampling

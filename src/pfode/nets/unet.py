@@ -109,7 +109,11 @@ class UNet(TimeNet):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        e = self.time_embedding(x, t)
+        return self.body(x, self.time_embedding(x, t))
+
+    def body(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """The network after the time embedding: ``x [B, C, H, W]`` and ``e [B, 4 * base]`` -> ``[B, C, H, W]``
+        (a subclass conditions on more than ``t`` by adding to ``e``, as :class:`pfode.nets.ctm.TwoTimeUNet`)."""
         h = self.inp(x)
         skips = [h]
         for i, level in enumerate(self.down):

@@ -23,7 +23,8 @@ target; ``j = N - 1`` makes the outer jumps identities. The student's two forwar
 through one batched network call (DDP-safe).
 
 Where it applies: any path with a finite, positive ``s`` on ``[t0, t1]``; any teacher path and prediction type.
-The network must take a second time (``model: {name: ctm-mlp}``; the UNet does not).
+The network must take a second time (``model: {name: ctm-mlp}`` for vectors, ``ctm-unet`` for images; the plain
+MLP and UNet do not).
 """
 
 from __future__ import annotations
@@ -142,8 +143,8 @@ class CTM(Objective):
         params = [p for p in inspect.signature(net.forward).parameters.values() if p.kind != p.VAR_KEYWORD]
         if len(params) < 3:
             raise TypeError(
-                f"ctm needs a network taking a second time, net(x, t, s) (e.g. pfode.nets.ctm.TwoTimeMLP, model "
-                f"name 'ctm-mlp'); {type(net).__name__}.forward takes {[p.name for p in params]}"
+                f"ctm needs a network taking a second time, net(x, t, s) (pfode.nets.ctm.TwoTimeMLP or TwoTimeUNet, "
+                f"model name 'ctm-mlp' or 'ctm-unet'); {type(net).__name__}.forward takes {[p.name for p in params]}"
             )
         t0, t1 = self.t_range
         return CTMModel(net, self.path, self.sigma_data, t0, t1, self.time_input, self.spacing)
