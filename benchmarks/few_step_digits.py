@@ -26,7 +26,7 @@ import time
 
 import torch
 from train_common import RESULTS, Timer, setup, table, write_json
-from train_digits import fd, features, train_classifier
+from train_digits import TRAIN, UNET, fd, features, teacher_trainer, train_classifier
 
 from pfode.data import digits
 from pfode.nets import UNet
@@ -35,7 +35,7 @@ from pfode.paths import get_path
 from pfode.train import Trainer
 from pfode.train.consistency_fm import ConsistencyFM
 from pfode.train.ctm import CTM
-from pfode.train.losses import Consistency, DenoisingScoreMatching
+from pfode.train.losses import Consistency
 
 NFES = (1, 2, 4)
 ONLY = {"cd": "consistency distillation", "ct": "consistency training", "cfm": "Consistency-FM", "ctm": "CTM"}
@@ -62,22 +62,7 @@ def main(argv=None):
     m = f_ref.shape[0]
     rows = [["real digits, half A (floor)", "-", "-", fd(f_all[perm[: n // 2]], f_ref), "-"]]
     train_x = x[perm[: n // 2]]
-    unet = dict(base=16, mults=(1, 2), blocks=1, time_dim=64)
-    cfg = dict(
-        batch_size=128,
-        lr=2e-3,
-        warmup_steps=100,
-        lr_schedule="cosine",
-        min_lr_ratio=0.05,
-        grad_clip=1.0,
-        ema_decay=0.998,
-        quiet=True,
-        log_every=0,
-    )
-
-    torch.manual_seed(0)
-    teacher_obj = DenoisingScoreMatching("cosine", "eps", weighting="min-snr", gamma=5.0)
-    teacher = Trainer(UNet((1, 8, 8), **unet), teacher_obj, train_x, {**cfg, "iterations": steps_t})
+    teacher_obj, teacher = teacher_trainer(train_x, steps_t)
     with Timer() as tt:
         teacher.fit(save_final=False)
     z = torch.randn(m, 1, 8, 8, generator=torch.Generator().manual_seed(7))
@@ -103,15 +88,15 @@ def main(argv=None):
                 sigma_data=0.5,
                 metric="pseudo-huber",
             ),
-            lambda: UNet((1, 8, 8), **unet, log_time=True, time_scale=250.0),
+            lambda: UNet((1, 8, 8), **UNET, log_time=True, time_scale=250.0),
         ),
         "consistency training": (
             lambda: Consistency("edm", mode="training", sigma_data=0.5, metric="pseudo-huber"),
-            lambda: UNet((1, 8, 8), **unet, log_time=True, time_scale=250.0),
+            lambda: UNet((1, 8, 8), **UNET, log_time=True, time_scale=250.0),
         ),
         "Consistency-FM (2 segments)": (
             lambda: ConsistencyFM("linear", segments=2),
-            lambda: UNet((1, 8, 8), **unet),
+            lambda: UNet((1, 8, 8), **UNET),
         ),
     }
 
@@ -125,7 +110,7 @@ def main(argv=None):
         return CTM("linear", teacher=tden, steps=18, heun_steps=2, spacing="uniform", sigma_data=0.5, t_range=ctm_range)
 
     if args.ctm_net in ("unet", "both"):
-        students["CTM (ctm-unet)"] = (make_ctm, lambda: TwoTimeUNet((1, 8, 8), **unet))
+        students["CTM (ctm-unet)"] = (make_ctm, lambda: TwoTimeUNet((1, 8, 8), **UNET))
     if args.ctm_net in ("mlp", "both"):
         students["CTM (ctm-mlp)"] = (make_ctm, lambda: TwoTimeMLP((1, 8, 8), width=256, depth=3, time_dim=64))
     seconds = {}
@@ -134,7 +119,7 @@ def main(argv=None):
             continue
         torch.manual_seed(1 + k)
         obj = make_obj()
-        tr = Trainer(make_net(), obj, train_x, {**cfg, "iterations": steps_s, "lr": 1e-3})
+        tr = Trainer(make_net(), obj, train_x, {**TRAIN, "iterations": steps_s, "lr": 1e-3})
         with Timer() as ts:
             tr.fit(save_final=False)
         seconds[name] = ts.s

@@ -19,14 +19,11 @@ import time
 
 import torch
 from train_common import RESULTS, Timer, setup, table, write_json
-from train_digits import fd, features, train_classifier
+from train_digits import fd, features, teacher_trainer, train_classifier
 
 import pfode
 from pfode.data import digits
 from pfode.guidance import dynamic_thresholding
-from pfode.nets import UNet
-from pfode.train import Trainer
-from pfode.train.losses import DenoisingScoreMatching
 
 NFES = (2, 3, 4, 5, 6, 8, 10)
 
@@ -51,21 +48,7 @@ def main(argv=None):
     m = f_ref.shape[0]
     floor = fd(f_all[perm[: n // 2]], f_ref)
     if args.train_steps:
-        torch.manual_seed(0)
-        obj = DenoisingScoreMatching("cosine", "eps", weighting="min-snr", gamma=5.0)
-        cfg = dict(
-            batch_size=128,
-            lr=2e-3,
-            warmup_steps=100,
-            lr_schedule="cosine",
-            min_lr_ratio=0.05,
-            grad_clip=1.0,
-            ema_decay=0.998,
-            quiet=True,
-            log_every=0,
-            iterations=args.train_steps,
-        )
-        tr = Trainer(UNet((1, 8, 8), base=16, mults=(1, 2), blocks=1, time_dim=64), obj, x[perm[: n // 2]], cfg)
+        obj, tr = teacher_trainer(x[perm[: n // 2]], args.train_steps)
         with Timer() as tt:
             tr.fit(save_final=False)
         den, teacher = obj.denoiser(tr.ema), f"few_step_digits teacher, {args.train_steps} steps ({tt.s:.0f} s)"

@@ -59,6 +59,20 @@ class Classifier(nn.Module):
         return self.head(self.body(x))
 
 
+#: the digits recipe the digits benchmarks share: the UNet and the trainer settings
+UNET = dict(base=16, mults=(1, 2), blocks=1, time_dim=64)
+TRAIN = dict(batch_size=128, lr=2e-3, warmup_steps=100, lr_schedule="cosine", min_lr_ratio=0.05, grad_clip=1.0,
+             ema_decay=0.998, quiet=True, log_every=0)
+
+
+def teacher_trainer(train_x, steps: int):
+    """``(objective, Trainer)`` of the DSM teacher (cosine path, eps, min-SNR weighting with gamma 5) for ``steps``
+    iterations on ``train_x``, seeded; call ``.fit(save_final=False)`` on the trainer."""
+    torch.manual_seed(0)
+    obj = DenoisingScoreMatching("cosine", "eps", weighting="min-snr", gamma=5.0)
+    return obj, Trainer(UNet((1, 8, 8), **UNET), obj, train_x, {**TRAIN, "iterations": steps})
+
+
 def train_classifier(x, y, epochs=40, seed=0):
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(x.shape[0], generator=g)
@@ -113,23 +127,8 @@ def main(argv=None):
     noise = (x.mean() + x.std() * torch.randn((m, 1, 8, 8), generator=g)).clamp(-1, 1)
     rows.append(["Gaussian noise images", "-", fd(features(clf, noise), f_ref)])
 
-    unet = dict(base=16, mults=(1, 2), blocks=1, time_dim=64)
-    torch.manual_seed(0)
-    teacher_obj = DenoisingScoreMatching("cosine", "eps", weighting="min-snr", gamma=5.0)
-    cfg = dict(
-        iterations=steps_t,
-        batch_size=128,
-        lr=2e-3,
-        warmup_steps=100,
-        lr_schedule="cosine",
-        min_lr_ratio=0.05,
-        grad_clip=1.0,
-        ema_decay=0.998,
-        quiet=True,
-        log_every=0,
-    )
     train_x = x[perm[: n // 2]]  # half A
-    teacher = Trainer(UNet((1, 8, 8), **unet), teacher_obj, train_x, cfg)
+    teacher_obj, teacher = teacher_trainer(train_x, steps_t)
     with Timer() as tt:
         teacher.fit(save_final=False)
     z = torch.randn(m, 1, 8, 8, generator=torch.Generator().manual_seed(7))
@@ -151,8 +150,8 @@ def main(argv=None):
         metric="pseudo-huber",
     )
     torch.manual_seed(1)
-    student_net = UNet((1, 8, 8), **unet, log_time=True, time_scale=250.0)
-    student = Trainer(student_net, cd, train_x, {**cfg, "iterations": steps_c, "lr": 1e-3, "ema_decay": 0.998})
+    student_net = UNet((1, 8, 8), **UNET, log_time=True, time_scale=250.0)
+    student = Trainer(student_net, cd, train_x, {**TRAIN, "iterations": steps_c, "lr": 1e-3, "ema_decay": 0.998})
     with Timer() as ts:
         student.fit(save_final=False)
     cons = {}
