@@ -41,6 +41,7 @@ __all__ = [
     "check_denoiser",
     "VELOCITY_AT_ZERO",
     "velocity_at_zero",
+    "velocity",
 ]
 
 TIME_INPUTS = ("t", "index", "sigma", "reversed")
@@ -155,8 +156,13 @@ def velocity_at_zero(prediction: str | Prediction, point) -> tuple[float, float]
     if pred.name not in VELOCITY_AT_ZERO:
         raise ValueError(f"a {pred.name!r} prediction does not determine dx/dt at zero noise")
     c = (point.alpha, point.sigma, point.d_alpha, point.d_sigma)
-    (px, po), (ex, eo) = pred.to_x0(*c), pred.to_eps(*c)
-    return point.d_alpha * px + point.d_sigma * ex, point.d_alpha * po + point.d_sigma * eo
+    return velocity(point, pred.to_x0(*c), pred.to_eps(*c))
+
+
+def velocity(point, x0: tuple[float, float], eps: tuple[float, float]) -> tuple[float, float]:
+    """``(vx, vo)`` with ``dx/dt = alpha' x0_hat + sigma' eps_hat = vx x + vo out`` at ``point``, from the
+    coefficients ``x0 = (px, po)`` and ``eps = (ex, eo)`` of the prediction's conversions there."""
+    return point.d_alpha * x0[0] + point.d_sigma * eps[0], point.d_alpha * x0[1] + point.d_sigma * eps[1]
 
 
 def get_prediction(prediction: str | Prediction) -> Prediction:

@@ -28,7 +28,8 @@ import torch
 
 from .._checks import as_f64
 from ..engine import drive
-from ..predictions import fold, get_prediction, velocity_at_zero
+from ..predictions import fold
+from .fused import Conversions
 
 __all__ = [
     "Point",
@@ -337,17 +338,8 @@ class Evaluator:
         host floats ``(px, po)`` with ``x0_hat = px x + po out`` (the prediction's conversion, folded)."""
         pts = table.points
         tn = den.time_tensor(torch.tensor([p.t for p in pts], dtype=torch.float64), x)
-        to_x0 = get_prediction(den.prediction).to_x0
-        coef = []
-        for p in pts:
-            if p.zero:  # dx/dt where the prediction determines it (see Table), else never evaluated
-                known = table.velocity_at_zero and p.regular
-                coef.append(velocity_at_zero(den.prediction, p) if known else (math.nan, math.nan))
-                continue
-            try:
-                coef.append(to_x0(p.alpha, p.sigma, p.d_alpha, p.d_sigma))
-            except ZeroDivisionError:  # e.g. eps at alpha = 0: x0_hat is undetermined (non-finite if evaluated)
-                coef.append((math.nan, math.nan))
+        conv = Conversions(den.prediction, table)
+        coef = [conv.vel[k] if p.zero else conv.x0[k] for k, p in enumerate(pts)]
         return [v.expand(x.shape[0]) for v in tn.unbind(0)], coef
 
     def __call__(self, x: torch.Tensor, k: int) -> torch.Tensor:

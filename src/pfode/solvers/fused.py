@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..predictions import get_prediction, velocity_at_zero
+from ..predictions import get_prediction, velocity, velocity_at_zero
 
 __all__ = ["Builder", "FusedStep", "Conversions", "lin", "fuse", "execute", "COMB", "EVAL", "NOISE"]
 
@@ -56,27 +56,26 @@ class Conversions:
         nan2 = (math.nan, math.nan)
         self.x0, self.eps, self.vel = [], [], []
         for p in table.points:
-            if p.zero:
+            if p.zero:  # dx/dt where the prediction determines it (see Table), else never evaluated
                 self.x0.append(nan2)
                 self.eps.append(nan2)
                 known = table.velocity_at_zero and p.regular
                 self.vel.append(velocity_at_zero(pred, p) if known else nan2)
                 continue
             c = (p.alpha, p.sigma, p.d_alpha, p.d_sigma)
-            try:
-                px, po = pred.to_x0(*c)
-                ex, eo = pred.to_eps(*c)
-            except ZeroDivisionError:
-                self.x0.append(nan2)
-                self.eps.append(nan2)
-                self.vel.append(nan2)
-                continue
-            self.x0.append((float(px), float(po)))
-            self.eps.append((float(ex), float(eo)))
-            if math.isfinite(p.d_alpha) and math.isfinite(p.d_sigma):
-                self.vel.append((p.d_alpha * px + p.d_sigma * ex, p.d_alpha * po + p.d_sigma * eo))
-            else:
-                self.vel.append(nan2)
+            x0, eps = _coefficients(pred.to_x0, c), _coefficients(pred.to_eps, c)
+            self.x0.append(x0)
+            self.eps.append(eps)
+            regular = math.isfinite(p.d_alpha) and math.isfinite(p.d_sigma)
+            self.vel.append(velocity(p, x0, eps) if regular else nan2)
+
+
+def _coefficients(conv, c) -> tuple[float, float]:
+    try:
+        a, b = conv(*c)
+    except ZeroDivisionError:  # e.g. eps at alpha = 0: x0_hat is undetermined (non-finite if evaluated)
+        return (math.nan, math.nan)
+    return float(a), float(b)
 
 
 @dataclass(frozen=True)
